@@ -1,0 +1,181 @@
+"""Checkpoint file names and safe loading.
+
+A dpsnn checkpoint is a ``torch.save`` file holding only plain data: a header
+``{"kind", "format_version"}``, the hyperparameters (numbers and strings), the epoch and
+the ``state_dict``. It is always loaded with ``weights_only=True``, so opening a file
+never runs code from it; a file that needs more than plain data is refused. Example::
+
+    from dpsnn import load_attacker, load_classifier
+
+    target = load_classifier("models/classifiers/demo_05noise_01nopeek_epoch=01.ckpt")
+    post_noise = load_classifier(path, noise=1.0)  # switch the wire noise on at inference
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from dpsnn.attacks.inversion import InversionAttacker
+from dpsnn.errors import CheckpointError
+from dpsnn.files import atomic_path
+from dpsnn.models import SplitNN, Validator
+
+FORMAT_VERSION = 1
+MODELS_DIR = Path("models")
+CLASSIFIERS_DIR = MODELS_DIR / "classifiers"
+ATTACKERS_DIR = MODELS_DIR / "attackers"
+VALIDATORS_DIR = MODELS_DIR / "validators"
+SUFFIX = ".ckpt"
+
+_KINDS: dict[str, type[L.LightningModule]] = {
+    "classifier": SplitNN,
+    "attacker": InversionAttacker,
+    "validator": Validator,
+}
+
+
+def format_number(value: float) -> str:
+    """The file-name form of a number: ``0.5 -> '05'``, ``1.0 -> '1'``, ``0.25 -> '025'``."""
+    return f"{value:g}".replace(".", "")
+
+
+def classifier_filename(saveas: str, noise_scale: float, nopeek_weight: float, epoch: int) -> str:
+    return f"{saveas}_{format_number(noise_scale)}noise_{format_number(nopeek_weight)}nopeek_epoch={epoch:02d}{SUFFIX}"
+
+
+def attacker_filename(target_stem: str, noise_scale: float, aux_dataset: str, aux_size: int, epoch: int) -> str:
+    return (
+        f"{target_stem}_attacker_{format_number(noise_scale)}noise_{aux_dataset}{aux_size}aux_epoch={epoch:02d}{SUFFIX}"
+    )
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def save_checkpoint(
+    model: L.LightningModule, path: str | Path, kind: str, epoch: int, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file renamed into place)."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}")
+    hyper_parameters = dict(model.hparams)
+    extra = dict(extra or {})
+    for name, value in {**hyper_parameters, **extra}.items():
+        if not _plain(value):
+            raise ValueError(f"checkpoint field {name!r} is not plain data: {type(value).__name__}")
+    payload = {
+        "dpsnn": {"kind": kind, "format_version": FORMAT_VERSION},
+        "hyper_parameters": hyper_parameters,
+        "epoch": int(epoch),
+        "extra": extra,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as partial:
+        torch.save(payload, partial)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load a checkpoint's plain data safely and check that it is a ``kind`` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError):
+        raise CheckpointError(
+            f"{path} is corrupt or untrusted (it is not plain tensors and numbers, and dpsnn never "
+            "unpickles code); re-create it with the dpsnn script that made it"
+        ) from None
+    header = payload.get("dpsnn") if isinstance(payload, dict) else None
+    if not isinstance(header, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{path} is not a dpsnn checkpoint; re-create it with a dpsnn script")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {header.get('format_version')}, this dpsnn reads {FORMAT_VERSION}"
+        )
+    if header.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {header.get('kind')} checkpoint, not a {kind} checkpoint")
+    return payload
+
+
+def _load(path: str | Path, kind: str, model: nn.Module | None = None, **overrides: Any) -> L.LightningModule:
+    payload = read_checkpoint(path, kind)
+    hyper_parameters = {**payload["hyper_parameters"], **overrides}
+    if model is None:
+        try:
+            model = _KINDS[kind](**hyper_parameters)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{path} has hyperparameters this dpsnn cannot build: {error}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(
+            f"{path} holds another architecture than the {kind} it was loaded into ({first})"
+        ) from None
+    model.eval()
+    model.checkpoint_epoch = payload["epoch"]
+    model.checkpoint_extra = payload["extra"]
+    return model
+
+
+def load_classifier(path: str | Path, noise: float | None = None, model: SplitNN | None = None) -> SplitNN:
+    """Load a :class:`SplitNN` checkpoint; ``noise`` replaces the wire noise it was trained with.
+
+    Pass ``model`` to load into a split network with custom client or server modules.
+    """
+    loaded = _load(path, "classifier", model)
+    if noise is not None:
+        loaded.set_noise(noise)
+    return loaded
+
+
+def load_attacker(path: str | Path) -> InversionAttacker:
+    """Load an :class:`InversionAttacker` checkpoint."""
+    return _load(path, "attacker")
+
+
+def load_validator(path: str | Path) -> Validator:
+    """Load a :class:`Validator` checkpoint."""
+    return _load(path, "validator")
+
+
+def resolve_checkpoint(name: str, folder: str | Path) -> Path:
+    """Find a checkpoint by path, by file name in ``folder``, or by a unique name prefix.
+
+    ``demo_05noise_01nopeek`` finds ``demo_05noise_01nopeek_epoch=03.ckpt``.
+    """
+    folder = Path(folder)
+    if not name:
+        raise CheckpointError(f"a model name is needed; the checkpoints in {folder}/ are: {_listing(folder)}")
+    candidate = Path(name)
+    for path in (candidate, folder / name, folder / f"{name}{SUFFIX}"):
+        if path.is_file():
+            return path
+    matches = sorted(folder.glob(f"{name}_epoch=*{SUFFIX}")) or sorted(folder.glob(f"{name}*{SUFFIX}"))
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(m.name for m in matches)
+        raise CheckpointError(f"'{name}' matches several checkpoints in {folder}/: {names}; give the full name")
+    raise CheckpointError(f"no checkpoint named '{name}' in {folder}/ (there: {_listing(folder)})")
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+    return ", ".join(names) if names else "none"

@@ -1,0 +1,81 @@
+"""CSV tables under ``results/``, written atomically.
+
+A table is rewritten whole into a temporary file and renamed into place, so a reader
+never sees half a file and an interrupted write loses nothing already there. Example::
+
+    from dpsnn.results import append_rows
+
+    append_rows("results/train_model.csv", [{"model": "demo", "val_accuracy": 0.9, "val_accuracy_se": 0.01}])
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dpsnn.errors import ResultsError
+from dpsnn.files import atomic_path
+
+RESULTS_DIR = Path("results")
+FIGURES_DIR = RESULTS_DIR / "figures"
+
+
+def _columns(rows: list[Mapping[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    return columns
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV table (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    try:
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            return list(reader.fieldnames or []), list(reader)
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        raise ResultsError(f"{path} cannot be read as a CSV table ({error}); move it aside and re-run") from None
+
+
+def write_table(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> Path:
+    """Replace ``path`` with ``rows`` (atomically)."""
+    rows = list(rows)
+    columns = columns or _columns(rows)
+    with atomic_path(path) as partial, partial.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="raise")
+        writer.writeheader()
+        writer.writerows({key: _cell(row.get(key, "")) for key in columns} for row in rows)
+    return Path(path)
+
+
+def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Add ``rows`` to the table at ``path``; its columns must be the table's columns."""
+    rows = list(rows)
+    header, existing = read_table(path)
+    columns = _columns(rows)
+    if header and header != columns:
+        raise ResultsError(
+            f"{path} was written with other columns (another version of its schema); "
+            "move it aside or write to another --results-dir"
+        )
+    return write_table(path, [*existing, *rows], columns)
+
+
+def format_measure(row: Mapping[str, Any], name: str, digits: int = 4) -> str:
+    """``'0.9123 ± 0.0040'`` from ``row[name]`` and ``row[name + '_se']``."""
+    value, se = row[name], row.get(f"{name}_se", math.nan)
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
