@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,17 @@ def resolve_checkpoint(name: str, folder: str | Path) -> Path:
 def _listing(folder: Path) -> str:
     names = sorted(p.name for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
     return ", ".join(names) if names else "none"
+
+
+def checkpoints_in(folder: str | Path, names: Sequence[str] | None = None) -> list[Path]:
+    """The checkpoints named by ``names`` (see :func:`resolve_checkpoint`), or all in ``folder``.
+
+    Raises :class:`CheckpointError` when there are none.
+    """
+    folder = Path(folder)
+    if names:
+        return [resolve_checkpoint(name, folder) for name in names]
+    found = sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+    if not found:
+        raise CheckpointError(f"no checkpoints in {folder}/; train one first or pass a folder that has them")
+    return found

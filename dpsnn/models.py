@@ -117,9 +117,11 @@ class SplitNN(_Classifier):
         return self.server(self.encode(x))
 
     def set_noise(self, scale: float) -> None:
-        """Change the noise on the wire, e.g. to add noise only at inference."""
+        """Change the noise on the wire, e.g. to add noise only at inference.
+
+        ``hparams.noise_scale`` keeps the scale the model was trained with.
+        """
         self.wire.scale = scale
-        self.hparams.noise_scale = self.wire.scale
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         x, y = batch

@@ -27,6 +27,7 @@ from dpsnn.attacks.inversion import InversionAttacker, what_server_sees
 from dpsnn.checkpoints import load_validator, save_checkpoint
 from dpsnn.data import Split, Splits
 from dpsnn.errors import DataError
+from dpsnn.metrics import DCOR_BATCH_SIZE
 from dpsnn.models import SplitNN, Validator
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
@@ -114,7 +115,8 @@ def train_classifier(
     trainer.fit(
         model,
         splits.train.loader(batch_size, shuffle=True, seed=seed),
-        splits.val.loader(batch_size * 4),
+        # dCor is a batch statistic: validate at the size every script measures it at.
+        splits.val.loader(DCOR_BATCH_SIZE),
     )
     model.load_state_dict(best.best_state)
     model.eval()
@@ -141,7 +143,9 @@ def train_attacker(
         raise DataError("the attacker's auxiliary split is empty")
     L.seed_everything(seed, verbose=False)
     seen = what_server_sees(target, aux_images)
-    attacker = InversionAttacker(learning_rate=learning_rate, intermediate_size=seen.shape[1], **metadata)
+    attacker = InversionAttacker(
+        learning_rate=learning_rate, intermediate_size=seen.shape[1], seed=seed, **metadata
+    )
     pairs = Split(seen, aux_images)
     trainer = make_trainer(max_epochs, progress, log_dir, "attacker")
     trainer.fit(attacker, pairs.loader(batch_size, shuffle=True, seed=seed))
