@@ -6,7 +6,7 @@ A dataset is looked for in three places, in this order:
 2. the system data folder ``/usr/share/datasets/<name>/`` (Debian's
    ``dataset-fashion-mnist`` package puts the four gzipped IDX files there); the files
    are unpacked once into ``data/`` so torchvision can read them;
-3. a torchvision download.
+3. a torchvision download (skipped when the environment sets ``DPSNN_OFFLINE=1``).
 
 Whole datasets are held in memory as float tensors in ``[0, 1]`` with shape
 ``(N, 1, 28, 28)``: there are no per-item transforms. Example::
@@ -170,7 +170,9 @@ def ensure_dataset(
     if _has_raw_files(raw, info) or _install_from_system(info, root, system_dir):
         return raw
     reason = "download not attempted"
-    if download:
+    if os.environ.get("DPSNN_OFFLINE", "") not in ("", "0"):
+        reason = "downloads are off (DPSNN_OFFLINE is set)"
+    elif download:
         try:
             _download(info, root)
             return raw

@@ -53,6 +53,9 @@ def write_table(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: li
     """Replace ``path`` with ``rows`` (atomically)."""
     rows = list(rows)
     columns = columns or _columns(rows)
+    extra = set(_columns(rows)) - set(columns)
+    if extra:
+        raise ResultsError(f"rows for {path} have columns the table lacks: {', '.join(sorted(extra))}")
     with atomic_path(path) as partial, partial.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, extrasaction="raise")
         writer.writeheader()

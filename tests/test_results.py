@@ -1,0 +1,48 @@
+import csv
+
+import pytest
+
+from dpsnn.errors import ResultsError
+from dpsnn.results import append_rows, format_measure, read_table, write_table
+
+
+def test_append_keeps_earlier_rows(tmp_path):
+    path = tmp_path / "t.csv"
+    append_rows(path, [{"model": "a", "accuracy": 0.5, "accuracy_se": 0.01}])
+    append_rows(path, [{"model": "b", "accuracy": 0.75, "accuracy_se": float("nan")}])
+    header, rows = read_table(path)
+    assert header == ["model", "accuracy", "accuracy_se"]
+    assert [r["model"] for r in rows] == ["a", "b"]
+    assert rows[1]["accuracy_se"] == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_another_schema_is_refused_and_the_table_kept(tmp_path):
+    path = tmp_path / "t.csv"
+    write_table(path, [{"model": "a", "accuracy": 0.5}])
+    before = path.read_text()
+    with pytest.raises(ResultsError, match="another version of its schema"):
+        append_rows(path, [{"model": "b", "ssim": 0.5}])
+    assert path.read_text() == before
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("disk full")
+
+
+def test_a_failed_write_leaves_the_old_table(tmp_path):
+    path = tmp_path / "t.csv"
+    write_table(path, [{"a": 1}])
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_table(path, [{"a": 2}, {"a": Unprintable()}])  # fails after the first row is written
+    with pytest.raises(ResultsError, match="columns the table lacks: b"):
+        write_table(path, [{"a": 2, "b": 3}], columns=["a"])
+    with path.open() as file:
+        assert list(csv.DictReader(file)) == [{"a": "1"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_format_measure():
+    assert format_measure({"x": 0.91234, "x_se": 0.004}, "x") == "0.9123 ± 0.0040"
+    assert format_measure({"x": 1.0}, "x", digits=1) == "1.0"
