@@ -7,7 +7,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_FMNIST := /usr/share/datasets/fashion-mnist
-DEMO_FLAGS := --no-progress
 
 .PHONY: setup dataset demo test test-all lint format bench clean-demo
 

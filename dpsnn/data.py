@@ -24,6 +24,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ DATASETS: dict[str, DatasetInfo] = {
         torchvision_class=tv_datasets.MNIST,
         num_classes=10,
         raw_files=_MNIST_FILES,
-        install_hint="run once on a machine with internet, or copy the four IDX files into data/MNIST/raw/",
+        install_hint="run once on a machine with internet, or copy the four IDX files into {raw}/",
     ),
     "emnist-letters": DatasetInfo(
         name="emnist-letters",
@@ -89,7 +90,7 @@ DATASETS: dict[str, DatasetInfo] = {
             for part in ("train", "test")
             for kind in ("images-idx3", "labels-idx1")
         ),
-        install_hint="run once on a machine with internet, or copy the four IDX files into data/EMNIST/raw/",
+        install_hint="run once on a machine with internet, or copy the four IDX files into {raw}/",
         split="letters",
         label_offset=1,
         transpose=True,
@@ -134,8 +135,14 @@ def _install_from_system(info: DatasetInfo, root: Path, system_dir: Path) -> boo
             continue
         # An interrupted copy must never leave a truncated file that looks complete.
         opener = gzip.open if source.suffix == ".gz" else open
-        with atomic_path(destination) as partial, opener(source, "rb") as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
+        try:
+            with atomic_path(destination) as partial, opener(source, "rb") as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise DataError(
+                f"{source} is damaged ({error}); reinstall it (for Fashion-MNIST: "
+                "apt-get install --reinstall dataset-fashion-mnist)"
+            ) from None
     return True
 
 
@@ -180,7 +187,7 @@ def ensure_dataset(
             reason = f"download failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     raise DataError(
         f"dataset '{name}' not found: looked in {raw}/ and {system_dir / info.name}/, {reason}; "
-        f"fix: {info.install_hint}"
+        f"fix: {info.install_hint.format(raw=raw)}"
     )
 
 
@@ -201,7 +208,7 @@ def load_images(
     kwargs = {"split": info.split} if info.split else {}
     try:
         dataset = info.torchvision_class(str(root), train=train, download=False, **kwargs)
-    except (RuntimeError, ValueError, OSError) as error:
+    except (RuntimeError, ValueError, OSError, AssertionError) as error:  # torchvision asserts on bad headers
         raise DataError(f"dataset '{name}' under {root} cannot be read ({error}); delete it and retry") from None
     pixels = dataset.data
     if info.transpose:
@@ -278,6 +285,9 @@ def make_splits(
     for label, value in (("train size", train_size), ("test size", test_size)):
         if value is not None and value <= 0:
             raise DataError(f"{label} must be a positive integer, got {value}")
+    for label, value in (("val size", val_size), ("aux size", aux_size)):
+        if value < 0:
+            raise DataError(f"{label} must be a non-negative integer, got {value}")
     pool_images, pool_labels = load_images(name, True, root, system_dir, download)
     test_images, test_labels = load_images(name, False, root, system_dir, download)
 

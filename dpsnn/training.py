@@ -143,9 +143,7 @@ def train_attacker(
         raise DataError("the attacker's auxiliary split is empty")
     L.seed_everything(seed, verbose=False)
     seen = what_server_sees(target, aux_images)
-    attacker = InversionAttacker(
-        learning_rate=learning_rate, intermediate_size=seen.shape[1], seed=seed, **metadata
-    )
+    attacker = InversionAttacker(learning_rate=learning_rate, intermediate_size=seen.shape[1], seed=seed, **metadata)
     pairs = Split(seen, aux_images)
     trainer = make_trainer(max_epochs, progress, log_dir, "attacker")
     trainer.fit(attacker, pairs.loader(batch_size, shuffle=True, seed=seed))

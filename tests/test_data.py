@@ -282,8 +282,8 @@ def test_incomplete_system_copy_is_not_used(root: Path, system_dir: Path) -> Non
     ("name", "folder", "fix"),
     [
         ("fashion-mnist", "FashionMNIST", "apt-get install dataset-fashion-mnist"),
-        ("mnist", "MNIST", "copy the four IDX files into data/MNIST/raw/"),
-        ("emnist-letters", "EMNIST", "copy the four IDX files into data/EMNIST/raw/"),
+        ("mnist", "MNIST", "copy the four IDX files into {raw}/"),
+        ("emnist-letters", "EMNIST", "copy the four IDX files into {raw}/"),
     ],
 )
 def test_offline_and_missing_names_both_places_and_the_fix(
@@ -306,7 +306,7 @@ def test_offline_and_missing_names_both_places_and_the_fix(
     assert str(root / folder / "raw") in message
     assert str(system_dir / name) in message
     assert "DPSNN_OFFLINE" in message
-    assert fix in message.partition("fix: ")[2]
+    assert fix.format(raw=root / folder / "raw") in message.partition("fix: ")[2]
     assert calls == []
     assert not root.exists()
 
@@ -560,3 +560,35 @@ def test_installed_fashion_mnist(tmp_path: Path) -> None:
         assert sorted(split.labels.unique().tolist()) == list(range(10))
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == 16 + 60000 * 784
     assert leftovers(tmp_path) == []
+
+
+def test_raw_file_with_bad_header_is_a_data_error(tmp_path: Path) -> None:
+    write_mnist(tmp_path / "data", fake_mnist())
+    (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"<html>not found</html>")
+    with pytest.raises(DataError, match="cannot be read"):
+        load_images("mnist", True, root=tmp_path / "data", system_dir=tmp_path / "system")
+
+
+def test_truncated_system_gzip_is_a_data_error(tmp_path: Path) -> None:
+    system = tmp_path / "system"
+    write_idx(system / "mnist", MNIST_FILES, fake_mnist(), gz=True)
+    packed = system / "mnist" / "train-images-idx3-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:1000])
+    with pytest.raises(DataError, match="damaged"):
+        load_images("mnist", True, root=tmp_path / "data", system_dir=system)
+    assert list((tmp_path / "data").rglob("*-ubyte")) == []
+
+
+@pytest.mark.parametrize(("val_size", "aux_size"), [(-5, 60), (40, -5)])
+def test_negative_val_or_aux_size_is_a_data_error(tmp_path: Path, val_size: int, aux_size: int) -> None:
+    write_mnist(tmp_path / "data", fake_mnist())
+    with pytest.raises(DataError, match="must be a non-negative integer"):
+        make_splits(
+            "mnist", val_size=val_size, aux_size=aux_size, root=tmp_path / "data", system_dir=tmp_path / "system"
+        )
+
+
+def test_fix_hint_names_the_root_in_use(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as caught:
+        load_images("mnist", True, root=tmp_path / "elsewhere", system_dir=tmp_path / "system")
+    assert str(tmp_path / "elsewhere" / "MNIST" / "raw") in str(caught.value).partition("fix: ")[2]
