@@ -13,8 +13,6 @@ never runs code from it; a file that needs more than plain data is refused. Exam
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,7 +95,7 @@ def read_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError):
+    except Exception:  # weights-only reading runs no code, so any failure just means "not a safe checkpoint"
         raise CheckpointError(
             f"{path} is corrupt or untrusted (it is not plain tensors and numbers, and dpsnn never "
             "unpickles code); re-create it with the dpsnn script that made it"
@@ -110,7 +108,7 @@ def read_checkpoint(path: str | Path, kind: str) -> dict[str, Any]:
             f"{path} has checkpoint format {header.get('format_version')}, this dpsnn reads {FORMAT_VERSION}"
         )
     if header.get("kind") != kind:
-        raise CheckpointError(f"{path} is a {header.get('kind')} checkpoint, not a {kind} checkpoint")
+        raise CheckpointError(f"{path} is {_a(header.get('kind'))} checkpoint, not {_a(kind)} checkpoint")
     return payload
 
 
@@ -125,9 +123,10 @@ def _load(path: str | Path, kind: str, model: nn.Module | None = None, **overrid
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
+        # torch's first line only names the class; the next ones name the tensors and shapes.
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
         raise CheckpointError(
-            f"{path} holds another architecture than the {kind} it was loaded into ({first})"
+            f"{path} holds another architecture than the {kind} it was loaded into ({'; '.join(details[:2])[:300]})"
         ) from None
     model.eval()
     model.checkpoint_epoch = payload["epoch"]
@@ -175,6 +174,10 @@ def resolve_checkpoint(name: str, folder: str | Path) -> Path:
         names = ", ".join(m.name for m in matches)
         raise CheckpointError(f"'{name}' matches several checkpoints in {folder}/: {names}; give the full name")
     raise CheckpointError(f"no checkpoint named '{name}' in {folder}/ (there: {_listing(folder)})")
+
+
+def _a(word: object) -> str:
+    return f"an {word}" if str(word)[:1] in "aeiou" else f"a {word}"
 
 
 def _listing(folder: Path) -> str:

@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> object:
     )
     parser.add_argument("--aux-dataset", default=None, help=f"one of {', '.join(DATASETS)} (default: the model's)")
     parser.add_argument("--aux-size", type=positive_int, default=None, help="auxiliary images (default: all 5000)")
+    parser.add_argument("--test-size", type=positive_int, default=None, help="score on the first N test images")
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument("--max-epochs", type=positive_int, default=20)
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = data_seed if args.seed is None else args.seed
 
     # Same dataset and seed as the target: the auxiliary split is disjoint from its training data.
-    splits = make_splits(dataset, seed=data_seed, root=args.data_dir)
+    splits = make_splits(dataset, seed=data_seed, test_size=args.test_size, root=args.data_dir)
     aux_source = splits if aux_dataset == dataset else make_splits(aux_dataset, seed=data_seed, root=args.data_dir)
     aux_size = args.aux_size or len(aux_source.aux)
     if aux_size > len(aux_source.aux):

@@ -114,14 +114,14 @@ def test_a_foreign_torch_file_is_not_a_dpsnn_checkpoint(tmp_path):
 
 def test_kind_mismatch_is_refused(tmp_path):
     path = save_checkpoint(InversionAttacker(), tmp_path / "a.ckpt", "attacker", 0)
-    with pytest.raises(CheckpointError, match="attacker checkpoint, not a classifier"):
+    with pytest.raises(CheckpointError, match="is an attacker checkpoint, not a classifier checkpoint"):
         load_classifier(path)
 
 
 def test_another_architecture_is_refused(tmp_path):
     other = SplitNN(client=nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.Tanh()))
     path = save_checkpoint(other, tmp_path / "other.ckpt", "classifier", 0)
-    with pytest.raises(CheckpointError, match="another architecture"):
+    with pytest.raises(CheckpointError, match=r"another architecture .*client\.1\.weight"):
         load_classifier(path)
     # ...but it loads into a model of its own architecture.
     same = SplitNN(client=nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.Tanh()))

@@ -83,7 +83,7 @@ def test_scripts_end_to_end(tmp_path, data_root):
     ]
     attacked = run_script(
         "train_attacker.py",
-        *("--model", "e2e_05noise_01nopeek", "--aux-size", "300", "--max-epochs", "2"),
+        *("--model", "e2e_05noise_01nopeek", "--aux-size", "300", "--max-epochs", "2", "--test-size", "500"),
         *("--classifiers-dir", str(models / "classifiers"), "--models-dir", str(models / "attackers")),
         *("--results-dir", str(results), *data, "--no-progress"),
     )
