@@ -9,6 +9,7 @@ CPUs during a run and :func:`pin_malloc` removes a source of bias from memory al
 
 from __future__ import annotations
 
+import argparse
 import csv
 import ctypes
 import math
@@ -196,3 +197,25 @@ def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> Path:
 def verdict(met: bool) -> str:
     """How a target's outcome is printed."""
     return "MET" if met else "MISSED"
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark shares: memory thresholds and torch threads."""
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep glibc's default memory thresholds (by default they are fixed, see pin_malloc)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice); 1 avoids stalls when other processes load the CPUs",
+    )
+
+
+def apply_machine_arguments(args: argparse.Namespace) -> bool:
+    """Apply ``--threads`` and ``--system-malloc``; return whether the memory thresholds were fixed."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return not args.system_malloc and pin_malloc()

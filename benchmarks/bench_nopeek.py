@@ -37,9 +37,10 @@ from _timing import (
     RESULTS_DIR,
     CpuMonitor,
     Summary,
+    add_machine_arguments,
+    apply_machine_arguments,
     format_table,
     machine_note,
-    pin_malloc,
     ratio,
     time_calls,
     verdict,
@@ -159,26 +160,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dcor-repeats", type=int, default=10, help="timed dcor calls per batch size")
     parser.add_argument("--weight", type=float, default=0.5, help="NoPeek weight")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="keep glibc's default memory thresholds (by default they are fixed, see _timing.pin_malloc)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice); 1 avoids stalls when other processes load the CPUs",
-    )
+    add_machine_arguments(parser)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_nopeek.csv")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    pinned = not args.system_malloc and pin_malloc()
+    pinned = apply_machine_arguments(args)
     print(f"NoPeek loss, forward + backward (dcor: forward only). {machine_note(pinned)}")
     monitor = CpuMonitor()
     table, records, speed_ups = [], [], {}

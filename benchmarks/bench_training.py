@@ -37,11 +37,12 @@ from _timing import (
     RESULTS_DIR,
     CpuMonitor,
     Summary,
+    add_machine_arguments,
+    apply_machine_arguments,
     format_number,
     format_table,
     machine_note,
     minor_faults,
-    pin_malloc,
     ratio,
     verdict,
     with_error,
@@ -171,26 +172,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (part fit)")
     parser.add_argument("--fit-repeats", type=int, default=3, help="timed runs per trainer (part fit)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="keep glibc's default memory thresholds (by default they are fixed, see _timing.pin_malloc)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads (default: torch's choice); 1 avoids stalls when other processes load the CPUs",
-    )
+    add_machine_arguments(parser)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "bench_training.csv")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    pinned = not args.system_malloc and pin_malloc()
+    pinned = apply_machine_arguments(args)
     print(f"SplitNN training at batch {args.batch_size}. {machine_note(pinned)}")
     monitor = CpuMonitor()
     split = make_splits("fashion-mnist", seed=args.seed, train_size=args.train_size).train

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from dpsnn.errors import DpsnnError
@@ -61,6 +62,15 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got '{text}'")
     return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, data_dir: Path, results_dir: Path | None) -> None:
+    """The flags every training script shares: data and results folders, logs, progress bars."""
+    parser.add_argument("--data-dir", type=Path, default=data_dir)
+    if results_dir is not None:
+        parser.add_argument("--results-dir", type=Path, default=results_dir)
+    parser.add_argument("--log-dir", type=Path, default=None, help="write Lightning CSV logs here")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:

@@ -86,6 +86,26 @@ def _require(split: Split, what: str) -> None:
         raise DataError(f"the {what} split is empty")
 
 
+def _fit_keeping_best(
+    module: L.LightningModule,
+    train: Split,
+    val: Split,
+    batch_size: int,
+    max_epochs: int,
+    seed: int,
+    progress: bool,
+    log_dir: str | Path | None,
+) -> int:
+    """Fit ``module``, then load the weights of its best epoch by val accuracy; return that epoch."""
+    best = BestWeights("val_acc", "max")
+    trainer = make_trainer(max_epochs, progress, log_dir, type(module).__name__.lower(), [best])
+    # dCor is a batch statistic: validate at the size every script measures it at.
+    trainer.fit(module, train.loader(batch_size, shuffle=True, seed=seed), val.loader(DCOR_BATCH_SIZE))
+    module.load_state_dict(best.best_state)
+    module.eval()
+    return best.best_epoch
+
+
 def train_classifier(
     splits: Splits,
     noise_scale: float = 0.0,
@@ -110,17 +130,8 @@ def train_classifier(
         seed=seed,
         train_size=len(splits.train),
     )
-    best = BestWeights("val_acc", "max")
-    trainer = make_trainer(max_epochs, progress, log_dir, "classifier", [best])
-    trainer.fit(
-        model,
-        splits.train.loader(batch_size, shuffle=True, seed=seed),
-        # dCor is a batch statistic: validate at the size every script measures it at.
-        splits.val.loader(DCOR_BATCH_SIZE),
-    )
-    model.load_state_dict(best.best_state)
-    model.eval()
-    return model, best.best_epoch
+    epoch = _fit_keeping_best(model, splits.train, splits.val, batch_size, max_epochs, seed, progress, log_dir)
+    return model, epoch
 
 
 def train_attacker(
@@ -167,12 +178,7 @@ def train_validator(
     _require(val, "validator val")
     L.seed_everything(seed, verbose=False)
     validator = Validator(num_classes=num_classes, learning_rate=learning_rate, **metadata)
-    best = BestWeights("val_acc", "max")
-    trainer = make_trainer(max_epochs, progress, None, "validator", [best])
-    trainer.fit(validator, train.loader(batch_size, shuffle=True, seed=seed), val.loader(batch_size * 4))
-    validator.load_state_dict(best.best_state)
-    validator.eval()
-    return validator, best.best_epoch
+    return validator, _fit_keeping_best(validator, train, val, batch_size, max_epochs, seed, progress, None)
 
 
 def obtain_validator(

@@ -22,7 +22,7 @@ from dpsnn.checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from dpsnn.cli import ArgumentParser, non_negative_float, positive_float, positive_int, run
+from dpsnn.cli import ArgumentParser, add_run_arguments, non_negative_float, positive_float, positive_int, run
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
 from dpsnn.errors import DataError
 from dpsnn.evaluation import evaluate_attack
@@ -46,10 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> object:
     parser.add_argument("--saveas", default=None, help="checkpoint file name (default: derived from the model)")
     parser.add_argument("--classifiers-dir", type=Path, default=CLASSIFIERS_DIR)
     parser.add_argument("--models-dir", type=Path, default=ATTACKERS_DIR, help="where the attacker is saved")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--log-dir", type=Path, default=None, help="write Lightning CSV logs here")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_arguments(parser, DEFAULT_DATA_DIR, RESULTS_DIR)
     return parser.parse_args(argv)
 
 

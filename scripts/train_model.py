@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dpsnn.checkpoints import CLASSIFIERS_DIR, classifier_filename, save_checkpoint
-from dpsnn.cli import ArgumentParser, non_negative_float, positive_float, positive_int, run
+from dpsnn.cli import ArgumentParser, add_run_arguments, non_negative_float, positive_float, positive_int, run
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
+from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
 from dpsnn.results import RESULTS_DIR, append_rows, format_measure
 from dpsnn.training import train_classifier
@@ -34,17 +35,14 @@ def parse_args(argv: Sequence[str] | None) -> object:
     parser.add_argument("--seed", type=int, default=0, help="fixes splits, initialisation and noise")
     parser.add_argument("--saveas", default="classifier", help="file-name prefix of the checkpoint")
     parser.add_argument("--models-dir", type=Path, default=CLASSIFIERS_DIR)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--log-dir", type=Path, default=None, help="write Lightning CSV logs here")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_arguments(parser, DEFAULT_DATA_DIR, RESULTS_DIR)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if "/" in args.saveas or not args.saveas:
-        raise SystemExit(f"train_model.py: error: --saveas must be a plain file-name prefix, got '{args.saveas}'")
+        raise ConfigError(f"--saveas must be a plain file-name prefix, got '{args.saveas}'")
     splits = make_splits(args.dataset, seed=args.seed, train_size=args.train_size, root=args.data_dir)
     model, epoch = train_classifier(
         splits,
