@@ -98,6 +98,7 @@ def test_corrupt_files_are_refused(tmp_path, content):
         load_classifier(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_plain_pickle_without_torch_container_is_refused(tmp_path):
     path = tmp_path / "pickle.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": {}}))
