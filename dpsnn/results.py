@@ -82,3 +82,14 @@ def format_measure(row: Mapping[str, Any], name: str, digits: int = 4) -> str:
     if se is None or (isinstance(se, float) and math.isnan(se)):
         return f"{value:.{digits}f}"
     return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def attack_table(row: Mapping[str, Any], metrics: Iterable[str]) -> str:
+    """Attack, label-only baseline and gap, one metric a line, each as mean ± SE."""
+    lines = [f"  {'metric':<13}  {'attack':<20}  {'label-only baseline':<20}  gap (attack - baseline)"]
+    for metric in metrics:
+        lines.append(
+            f"  {metric:<13}  {format_measure(row, 'attack_' + metric):<20}  "
+            f"{format_measure(row, 'baseline_' + metric):<20}  {format_measure(row, 'gap_' + metric)}"
+        )
+    return "\n".join(lines)

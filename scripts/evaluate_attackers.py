@@ -26,7 +26,7 @@ from dpsnn.checkpoints import (
 from dpsnn.cli import ArgumentParser, positive_int, run
 from dpsnn.data import DEFAULT_DATA_DIR, Splits, make_splits
 from dpsnn.evaluation import evaluate_attack
-from dpsnn.results import RESULTS_DIR, format_measure, write_table
+from dpsnn.results import RESULTS_DIR, attack_table, write_table
 from dpsnn.training import obtain_validator
 
 METRICS = ("mse", "psnr", "ssim", "dcor", "validator_acc")
@@ -89,12 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             **measured,
         }
         rows.append(row)
-        print(f"{path.name}")
-        for metric in METRICS:
-            print(
-                f"  {metric:<13}  attack {format_measure(row, 'attack_' + metric):<18}  "
-                f"baseline {format_measure(row, 'baseline_' + metric):<18}  gap {format_measure(row, 'gap_' + metric)}"
-            )
+        print(f"{path.name} (scored on {measured['n_test']} test images)")
+        print(attack_table(row, METRICS))
     write_table(args.output, rows)
     print(f"wrote {args.output}")
     return 0

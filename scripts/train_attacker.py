@@ -26,7 +26,7 @@ from dpsnn.cli import ArgumentParser, add_run_arguments, non_negative_float, pos
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
 from dpsnn.errors import DataError
 from dpsnn.evaluation import evaluate_attack
-from dpsnn.results import RESULTS_DIR, append_rows, format_measure
+from dpsnn.results import RESULTS_DIR, append_rows, attack_table
 from dpsnn.training import train_attacker
 
 
@@ -104,12 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     append_rows(args.results_dir / "train_attacker.csv", [row])
     print(f"saved {path}")
-    print(f"scored on {measured['n_test']} test images   attack            label-only baseline  gap")
-    for metric in ("mse", "psnr", "ssim", "dcor"):
-        print(
-            f"  {metric:<6}  {format_measure(row, 'attack_' + metric):<20}  "
-            f"{format_measure(row, 'baseline_' + metric):<20}  {format_measure(row, 'gap_' + metric)}"
-        )
+    print(f"scored on {measured['n_test']} test images")
+    print(attack_table(row, ("mse", "psnr", "ssim", "dcor")))
     return 0
 
 
