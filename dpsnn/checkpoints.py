@@ -180,8 +180,12 @@ def _a(word: object) -> str:
     return f"an {word}" if str(word)[:1] in "aeiou" else f"a {word}"
 
 
+def _checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+
+
 def _listing(folder: Path) -> str:
-    names = sorted(p.name for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+    names = [path.name for path in _checkpoint_files(folder)]
     return ", ".join(names) if names else "none"
 
 
@@ -193,7 +197,7 @@ def checkpoints_in(folder: str | Path, names: Sequence[str] | None = None) -> li
     folder = Path(folder)
     if names:
         return [resolve_checkpoint(name, folder) for name in names]
-    found = sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+    found = _checkpoint_files(folder)
     if not found:
         raise CheckpointError(f"no checkpoints in {folder}/; train one first or pass a folder that has them")
     return found

@@ -54,21 +54,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got '{text}'")
-    return value
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, data_dir: Path, results_dir: Path | None) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, data_dir: Path, results_dir: Path) -> None:
     """The flags every training script shares: data and results folders, logs, progress bars."""
     parser.add_argument("--data-dir", type=Path, default=data_dir)
-    if results_dir is not None:
-        parser.add_argument("--results-dir", type=Path, default=results_dir)
+    parser.add_argument("--results-dir", type=Path, default=results_dir)
     parser.add_argument("--log-dir", type=Path, default=None, help="write Lightning CSV logs here")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

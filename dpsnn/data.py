@@ -228,6 +228,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def require(self, what: str) -> Split:
+        """This split, or :class:`DataError` if it is empty."""
+        if len(self) == 0:
+            raise DataError(f"the {what} split is empty")
+        return self
+
     def subset(self, size: int | None) -> Split:
         """The first ``size`` items (the split is already shuffled), or all if None."""
         if size is None:

@@ -18,19 +18,13 @@ from torch import Tensor
 from dpsnn.attacks.baseline import LabelOnlyBaseline
 from dpsnn.attacks.inversion import InversionAttacker, what_server_sees
 from dpsnn.data import Split
-from dpsnn.errors import DataError
 from dpsnn.metrics import mean_and_se, per_batch_dcor, per_image_correct, reconstruction_metrics, summarise
 from dpsnn.models import SplitNN, Validator, predict
 
 
-def _require(split: Split, what: str) -> None:
-    if len(split) == 0:
-        raise DataError(f"the {what} split is empty: nothing to evaluate")
-
-
 def evaluate_classifier(model: SplitNN, test: Split, seed: int = 0) -> dict[str, float]:
     """Test accuracy and dCor(x, what the server sees), each with its standard error."""
-    _require(test, "test")
+    test.require("test")
     torch.manual_seed(seed)  # fixes the wire noise
     seen = what_server_sees(model, test.images)
     correct = (predict(model.server, seen) == test.labels).float()
@@ -74,7 +68,7 @@ def evaluate_attack(
     image or batch) for m in mse, psnr, ssim, dcor and, with a ``validator``,
     validator_acc; each has a ``_se`` twin.
     """
-    _require(test, "test")
+    test.require("test")
     num_classes = num_classes or int(target.hparams.get("num_classes", 10))
     baseline = LabelOnlyBaseline.fit(aux.images, aux.labels, num_classes)
     reconstructions, guesses = reconstruct(target, attacker, test.images, baseline, seed)

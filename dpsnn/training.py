@@ -81,11 +81,6 @@ def make_trainer(
     )
 
 
-def _require(split: Split, what: str) -> None:
-    if len(split) == 0:
-        raise DataError(f"the {what} split is empty")
-
-
 def _fit_keeping_best(
     module: L.LightningModule,
     train: Split,
@@ -118,8 +113,8 @@ def train_classifier(
     log_dir: str | Path | None = None,
 ) -> tuple[SplitNN, int]:
     """Train a :class:`SplitNN` on ``splits.train``; return it at its best val accuracy, and that epoch."""
-    _require(splits.train, "target train")
-    _require(splits.val, "target val")
+    splits.train.require("target train")
+    splits.val.require("target val")
     L.seed_everything(seed, verbose=False)
     model = SplitNN(
         noise_scale=noise_scale,
@@ -174,8 +169,8 @@ def train_validator(
     **metadata: object,
 ) -> tuple[Validator, int]:
     """Train the independent :class:`Validator`; return it at its best val accuracy, and that epoch."""
-    _require(train, "validator train")
-    _require(val, "validator val")
+    train.require("validator train")
+    val.require("validator val")
     L.seed_everything(seed, verbose=False)
     validator = Validator(num_classes=num_classes, learning_rate=learning_rate, **metadata)
     return validator, _fit_keeping_best(validator, train, val, batch_size, max_epochs, seed, progress, None)
