@@ -24,3 +24,7 @@ class CheckpointError(DpsnnError):
 
 class ResultsError(DpsnnError):
     """A results table cannot be read or written."""
+
+
+class TrainingDiverged(DpsnnError):
+    """Training produced a non-finite loss (NaN or infinity); the model is unusable."""

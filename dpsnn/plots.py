@@ -9,7 +9,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -41,6 +41,10 @@ def reconstruction_grid(rows: Mapping[str, Tensor], path: str | Path, title: str
         row_axes[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: str | Path) -> Path:
     figure.tight_layout()
     try:
         with atomic_path(path) as partial:
@@ -48,3 +52,80 @@ def reconstruction_grid(rows: Mapping[str, Tensor], path: str | Path, title: str
     finally:
         plt.close(figure)
     return Path(path)
+
+
+def privacy_utility_frontier(
+    groups: Mapping[str, Sequence[Mapping[str, float]]],
+    front: Sequence[Mapping[str, float]],
+    path: str | Path,
+    x: str = "gap_ssim",
+    y: str = "accuracy",
+    reference_accuracy: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """Accuracy against leakage, one point per setting with its error bars, the Pareto front drawn.
+
+    ``groups`` maps a legend label to rows holding ``x``, ``y`` and their ``_se``; with
+    ``reference_accuracy`` a dashed line marks one point of accuracy below it.
+    """
+    figure, axis = plt.subplots(figsize=(7.5, 5.2))
+    for label, rows in groups.items():
+        if rows:
+            axis.errorbar(
+                [r[x] for r in rows],
+                [r[y] for r in rows],
+                xerr=[r.get(f"{x}_se", 0.0) for r in rows],
+                yerr=[r.get(f"{y}_se", 0.0) for r in rows],
+                fmt="o",
+                markersize=4,
+                capsize=2,
+                label=label,
+                alpha=0.85,
+            )
+    if front:
+        axis.plot([p[x] for p in front], [p[y] for p in front], "k--", linewidth=1, label="Pareto front")
+    if reference_accuracy is not None:
+        axis.axhline(reference_accuracy - 0.01, color="grey", linestyle=":", linewidth=1, label="undefended - 1 point")
+    axis.axvline(0.0, color="grey", linewidth=0.8)
+    axis.set_xlabel("attack SSIM minus label-only baseline SSIM (lower leaks less)")
+    axis.set_ylabel("test accuracy")
+    axis.legend(fontsize=8, loc="lower right")
+    if title:
+        axis.set_title(title, fontsize=10)
+    return _save(figure, path)
+
+
+def measure_curves(
+    rows: Sequence[Mapping[str, float]],
+    x: str,
+    panels: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+    path: str | Path,
+    xlabel: str | None = None,
+    symlog: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Measures against one parameter, with standard-error bars.
+
+    ``panels`` is a list of ``(y label, [(column, legend label), ...])``, one panel each.
+    """
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    xs = [r[x] for r in rows]
+    for axis, (ylabel, series) in zip(axes[0], panels, strict=True):
+        for column, label in series:
+            axis.errorbar(
+                xs,
+                [r[column] for r in rows],
+                yerr=[r.get(f"{column}_se", 0.0) for r in rows],
+                marker="o",
+                markersize=4,
+                capsize=2,
+                label=label,
+            )
+        if symlog:
+            axis.set_xscale("symlog", linthresh=0.1)
+        axis.set_xlabel(xlabel or x)
+        axis.set_ylabel(ylabel)
+        axis.legend(fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

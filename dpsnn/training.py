@@ -21,12 +21,13 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch import Tensor
 
 from dpsnn.attacks.inversion import InversionAttacker, what_server_sees
 from dpsnn.checkpoints import load_validator, save_checkpoint
 from dpsnn.data import Split, Splits
-from dpsnn.errors import DataError
+from dpsnn.errors import DataError, TrainingDiverged
 from dpsnn.metrics import DCOR_BATCH_SIZE
 from dpsnn.models import SplitNN, Validator
 
@@ -58,21 +59,39 @@ class BestWeights(L.Callback):
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
 
 
+class StopOnNonFiniteLoss(L.Callback):
+    """Raise :class:`TrainingDiverged` as soon as a training loss is NaN or infinite."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise TrainingDiverged(
+                f"{type(pl_module).__name__} training diverged: non-finite loss at epoch {trainer.current_epoch}, "
+                f"batch {batch_idx}"
+            )
+
+
 def make_trainer(
     max_epochs: int,
     progress: bool = True,
     log_dir: str | Path | None = None,
     log_name: str = "dpsnn",
     callbacks: list[L.Callback] | None = None,
+    max_steps: int = -1,
 ) -> L.Trainer:
-    """A Trainer with dpsnn's defaults: any accelerator, no automatic checkpoint files."""
+    """A Trainer with dpsnn's defaults: any accelerator, no automatic checkpoint files.
+
+    Training stops with :class:`TrainingDiverged` on a non-finite loss. With ``max_steps``
+    set, it ends after that many optimiser steps (``max_epochs=-1`` lifts the epoch limit).
+    """
     logger = L.pytorch.loggers.CSVLogger(str(log_dir), name=log_name) if log_dir else False
     return L.Trainer(
         max_epochs=max_epochs,
+        max_steps=max_steps,
         accelerator="auto",
         devices=1,
         logger=logger,
-        callbacks=callbacks or [],
+        callbacks=[StopOnNonFiniteLoss(), *(callbacks or [])],
         enable_checkpointing=False,  # dpsnn writes its own weights-only checkpoints
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -138,12 +157,15 @@ def train_attacker(
     seed: int = 0,
     progress: bool = True,
     log_dir: str | Path | None = None,
+    max_steps: int | None = None,
     **metadata: object,
 ) -> InversionAttacker:
     """Train a decoder on ``(what_server_sees(target, aux), aux)`` pairs.
 
     The pairs are recorded once, as a curious server would record them: each auxiliary
-    image crosses the wire with its noise.
+    image crosses the wire with its noise. With ``max_steps`` the budget is that many
+    optimiser steps whatever the auxiliary set's size (``max_epochs`` is then ignored),
+    so that attackers with little and with much data get the same optimisation.
     """
     if len(aux_images) == 0:
         raise DataError("the attacker's auxiliary split is empty")
@@ -151,7 +173,10 @@ def train_attacker(
     seen = what_server_sees(target, aux_images)
     attacker = InversionAttacker(learning_rate=learning_rate, intermediate_size=seen.shape[1], seed=seed, **metadata)
     pairs = Split(seen, aux_images)
-    trainer = make_trainer(max_epochs, progress, log_dir, "attacker")
+    if max_steps is None:
+        trainer = make_trainer(max_epochs, progress, log_dir, "attacker")
+    else:
+        trainer = make_trainer(-1, progress, log_dir, "attacker", max_steps=max_steps)
     trainer.fit(attacker, pairs.loader(batch_size, shuffle=True, seed=seed))
     attacker.eval()
     return attacker

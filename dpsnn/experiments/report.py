@@ -1,0 +1,246 @@
+"""Tables, figures and report sections made from a results folder's ``runs.csv``.
+
+Everything here is derived from the recorded runs, so the tables, the figures, the
+notebooks and the numbers in ``results/REPORT.md`` cannot disagree. Example::
+
+    from dpsnn.experiments.report import draw_figures, update_report, write_tables
+
+    summary = write_tables("results/experiments")      # summary.csv and one CSV per suite
+    draw_figures("results/experiments", summary)       # results/experiments/figures/*.png
+    update_report("results/REPORT.md", summary)        # the generated blocks of the report
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dpsnn import plots
+from dpsnn.experiments.runner import load_samples
+from dpsnn.experiments.store import read_runs
+from dpsnn.experiments.suites import SUITES, RunConfig
+from dpsnn.experiments.summary import (
+    MEASURES,
+    SETTING_COLUMNS,
+    SUITE_PARAMETERS,
+    best_within,
+    defence_label,
+    frontier_points,
+    pareto_front,
+    suite_table,
+    summarise,
+    undefended,
+)
+from dpsnn.files import atomic_path
+from dpsnn.results import write_table
+
+TABLES_DIR = "tables"
+FIGURES_DIR = "figures"
+SUMMARY_FILE = "summary.csv"
+SUMMARY_COLUMNS = (
+    *SETTING_COLUMNS,
+    "budget",
+    "suites",
+    "n_seeds",
+    "n_diverged",
+    "n_test",
+    "n_aux",
+    *(c for m in MEASURES for c in (m, f"{m}_se")),
+)
+
+
+def write_tables(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Write ``summary.csv`` and ``tables/<suite>.csv`` (mean and SE over seeds); return the summary."""
+    results_dir = Path(results_dir)
+    summary = summarise(read_runs(results_dir))
+    write_table(results_dir / SUMMARY_FILE, summary, list(SUMMARY_COLUMNS))
+    for suite in SUITES:
+        rows = suite_table(summary, suite)
+        if rows:
+            write_table(results_dir / TABLES_DIR / f"{suite}.csv", rows, list(SUMMARY_COLUMNS))
+    return summary
+
+
+def _family(row: Mapping[str, Any]) -> str:
+    if row["wire_noise"] != row["noise_scale"]:
+        return "noise at inference only"
+    if row["noise_scale"] > 0 and row["nopeek_weight"] > 0:
+        return "noise + NoPeek"
+    if row["noise_scale"] > 0:
+        return "Laplacian noise"
+    if row["nopeek_weight"] > 0:
+        return "NoPeek"
+    return "undefended"
+
+
+def draw_figures(results_dir: str | Path, summary: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """The frontier, the curves against each defence's strength and one reconstruction grid per suite."""
+    results_dir = Path(results_dir)
+    figures = results_dir / FIGURES_DIR
+    drawn: list[Path] = []
+    points = frontier_points(summary)
+    plain = undefended(summary)
+    if points:
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for row in points:
+            groups.setdefault(_family(row), []).append(row)
+        drawn.append(
+            plots.privacy_utility_frontier(
+                groups,
+                pareto_front(points),
+                figures / "frontier.png",
+                reference_accuracy=plain["accuracy"] if plain else None,
+                title="Privacy-utility frontier (mean ± SE over seeds)",
+            )
+        )
+    accuracy_panel = ("test accuracy", [("accuracy", "test accuracy")])
+    ssim_panel = ("SSIM to the original", [("attack_ssim", "attack"), ("baseline_ssim", "label-only baseline")])
+    validator_panel = (
+        "Validator accuracy",
+        [("attack_validator_acc", "on the attack"), ("baseline_validator_acc", "on the baseline")],
+    )
+    curves = {
+        "noise": ("noise_scale", "Laplace scale b (trained and attacked with it)", True),
+        "nopeek": ("nopeek_weight", "NoPeek weight w", True),
+        "post-noise": ("wire_noise", "Laplace scale b, switched on after training", True),
+        "data-volume": ("aux_size", "attacker's auxiliary images", False),
+    }
+    for suite, (x, xlabel, symlog) in curves.items():
+        rows = suite_table(summary, suite)
+        if len(rows) > 1:
+            panels = [ssim_panel, validator_panel] if suite == "data-volume" else [accuracy_panel, ssim_panel]
+            drawn.append(
+                plots.measure_curves(rows, x, panels, figures / f"{suite}_curves.png", xlabel, symlog, title=suite)
+            )
+    for suite in SUITES:
+        grid = _grid_rows(results_dir, suite_table(summary, suite), suite)
+        if grid:
+            drawn.append(plots.reconstruction_grid(grid, figures / f"grid_{suite}.png", title=f"{suite}: seed 0"))
+    return drawn
+
+
+def _grid_rows(results_dir: Path, rows: Sequence[Mapping[str, Any]], suite: str) -> dict[str, Any]:
+    grid: dict[str, Any] = {}
+    for row in rows:
+        key = RunConfig(**{column: row[column] for column in SETTING_COLUMNS}, seed=0).key
+        samples = load_samples(results_dir, key)
+        if samples is None:
+            continue
+        if not grid:
+            grid["original"] = samples["originals"]
+        parameters = SUITE_PARAMETERS[suite]
+        label = ", ".join(f"{p.replace('_', ' ')} {row[p]:g}" if p != "aux_source" else row[p] for p in parameters)
+        grid[label or "attack"] = samples["attack"]
+        if suite == "plain":
+            grid["label-only baseline"] = samples["baseline"]
+    return grid
+
+
+# -- report ---------------------------------------------------------------------------
+
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
+
+
+def _cell(row: Mapping[str, Any], measure: str, digits: int) -> str:
+    value, se = row[measure], row.get(f"{measure}_se", math.nan)
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    if isinstance(se, float) and math.isnan(se):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+REPORT_COLUMNS = (
+    ("test accuracy", "accuracy", 4),
+    ("dCor(x, h̃)", "dcor", 3),
+    ("attack SSIM", "attack_ssim", 3),
+    ("baseline SSIM", "baseline_ssim", 3),
+    ("SSIM gap", "gap_ssim", 3),
+    ("attack PSNR", "attack_psnr", 2),
+    ("dCor(x, x̂)", "attack_dcor", 3),
+    ("Validator acc. on x̂", "attack_validator_acc", 3),
+    ("on baseline", "baseline_validator_acc", 3),
+)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], label: str = "defence") -> str:
+    header = [label, *(title for title, _, _ in REPORT_COLUMNS), "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [_setting_label(row)]
+        cells += [_cell(row, measure, digits) for _, measure, digits in REPORT_COLUMNS]
+        diverged = f" ({row['n_diverged']} diverged)" if row["n_diverged"] else ""
+        cells.append(f"{row['n_seeds']}{diverged}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _setting_label(row: Mapping[str, Any]) -> str:
+    label = defence_label(row)
+    if row["aux_source"] != "same" or row["test_classes"] != "all":
+        label += f"; aux {row['aux_source']}, scored on {row['test_classes']} classes"
+    elif "data-volume" in row["suites"].split() and "plain" not in row["suites"].split():
+        label += f"; {row['aux_size']} aux images"
+    return label
+
+
+def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The generated sections of the report, by name: one table per suite and the verdict."""
+    blocks = {suite: markdown_table(suite_table(summary, suite)) for suite in SUITES}
+    front = pareto_front(frontier_points(summary))
+    blocks["frontier"] = markdown_table(front)
+    best = best_within(summary, 0.01)
+    plain = undefended(summary)
+    if plain is None:
+        blocks["verdict"] = "No undefended run is recorded yet."
+    elif best is None:
+        blocks["verdict"] = (
+            f"No defended setting keeps test accuracy within 1 point of the undefended {plain['accuracy']:.4f}."
+        )
+    else:
+        closed = best["gap_ssim"] - 2 * best["gap_ssim_se"] <= 0
+        blocks["verdict"] = (
+            f"Within 1 point of the undefended accuracy ({plain['accuracy']:.4f}), the smallest SSIM gap "
+            f"is **{defence_label(best)}**: accuracy {_cell(best, 'accuracy', 4)}, SSIM gap "
+            f"{_cell(best, 'gap_ssim', 3)} (undefended: {_cell(plain, 'gap_ssim', 3)}). "
+            + (
+                "Its gap is within two standard errors of zero: the attack is no better than the label."
+                if closed
+                else "Its gap is still more than two standard errors above zero: **no setting that keeps the "
+                "accuracy brings the attack down to the label-only baseline.**"
+            )
+        )
+    return blocks
+
+
+def update_report(path: str | Path, summary: Sequence[Mapping[str, Any]]) -> bool:
+    """Rewrite the generated blocks of the report at ``path``; return whether anything changed.
+
+    A block is ``<!-- generated:NAME -->`` ... ``<!-- end:NAME -->``; the prose around
+    the blocks is left as it is. A missing report is left missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    text = path.read_text()
+    blocks = report_blocks(summary)
+
+    def fill(match: re.Match) -> str:
+        name = match.group("name")
+        body = blocks.get(name, match.group("body").rstrip("\n"))
+        return f"{match.group(1)}{body}\n{match.group(4)}"
+
+    updated = BLOCK.sub(fill, text)
+    if updated == text:
+        return False
+    with atomic_path(path) as partial:
+        partial.write_text(updated)
+    return True
+
+
+def generated_blocks(path: str | Path) -> dict[str, str]:
+    """The generated blocks as they stand in the report at ``path``."""
+    return {m.group("name"): m.group("body").rstrip("\n") for m in BLOCK.finditer(Path(path).read_text())}

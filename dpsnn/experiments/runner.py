@@ -1,0 +1,281 @@
+"""Run experiment suites, resumably: each finished run is recorded at once and never redone.
+
+A run trains (or reloads) its target model, attacks it on exactly what the server sees
+and scores both on the test split; its row goes into ``runs.csv`` the moment it is done
+(see :mod:`dpsnn.experiments.store`). Trained models are kept in ``models_dir``, so the
+many attacks on one model (post-noise, data volume, aux shift) train it once, and a run
+killed half-way restarts from its model. Example::
+
+    from dpsnn.experiments.runner import ExperimentRunner
+    from dpsnn.experiments.suites import QUICK
+
+    runner = ExperimentRunner(QUICK, "fashion-mnist", "results/experiments-quick", "models/experiments-quick")
+    done = runner.run(["noise", "nopeek"], seeds=2)   # the number of runs it did now
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dpsnn.attacks.baseline import LabelOnlyBaseline
+from dpsnn.checkpoints import VALIDATORS_DIR, load_classifier, save_checkpoint
+from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, ensure_dataset, make_splits
+from dpsnn.errors import DataError, TrainingDiverged
+from dpsnn.evaluation import evaluate_attack, evaluate_classifier, reconstruct
+from dpsnn.experiments.store import METRIC_COLUMNS, RunStore, current_code_version
+from dpsnn.experiments.suites import (
+    OTHER_DATASET,
+    Budget,
+    RunConfig,
+    collapsed,
+    expand_suites,
+    extension_configs,
+    suite_configs,
+    suites_of,
+)
+from dpsnn.files import atomic_path
+from dpsnn.models import SplitNN
+from dpsnn.training import obtain_validator, train_attacker, train_classifier
+
+SAMPLES_DIR = "samples"
+N_SAMPLES = 8  # test images whose reconstructions are kept (first seed only) for the figures
+
+
+def lower_half(split: Split, num_classes: int) -> Split:
+    """The images of the first half of the classes (those an ``other-classes`` attacker never saw)."""
+    keep = split.labels < num_classes // 2
+    return Split(split.images[keep], split.labels[keep])
+
+
+def upper_half(split: Split, num_classes: int) -> Split:
+    keep = split.labels >= num_classes // 2
+    return Split(split.images[keep], split.labels[keep])
+
+
+def available_dataset(name: str, data_dir: str | Path, system_dir: str | Path = SYSTEM_DATA_DIR) -> bool:
+    """Whether ``name`` is on this machine already (nothing is downloaded to find out)."""
+    try:
+        ensure_dataset(name, data_dir, system_dir, download=False)
+    except DataError:
+        return False
+    return True
+
+
+@dataclass
+class ExperimentRunner:
+    """Runs suites of :class:`RunConfig` on one dataset, recording each run in ``results_dir``."""
+
+    budget: Budget
+    dataset: str
+    results_dir: str | Path
+    models_dir: str | Path
+    data_dir: str | Path = DEFAULT_DATA_DIR
+    validators_dir: str | Path = VALIDATORS_DIR
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.results_dir, self.models_dir = Path(self.results_dir), Path(self.models_dir)
+        self._splits: dict[tuple[str, int], Splits] = {}
+        self._code = current_code_version()
+
+    # -- planning -------------------------------------------------------------------
+
+    def other_dataset(self) -> str | None:
+        """The second dataset for ``aux-shift``, if it is on this machine."""
+        other = OTHER_DATASET.get(self.dataset)
+        return other if other and available_dataset(other, self.data_dir) else None
+
+    def planned(self, suites: Iterable[str], seed: int, store: RunStore) -> list[RunConfig]:
+        """The fixed configurations of ``suites`` for ``seed``, each once, in order."""
+        other = self.other_dataset()
+        configs: list[RunConfig] = []
+        for suite in expand_suites(list(suites)):
+            for config in suite_configs(suite, self.dataset, self.budget, seed, other):
+                if config not in configs:
+                    configs.append(config)
+        return configs
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self, suites: Iterable[str], seeds: int, on_row: Callable[[dict[str, Any]], None] | None = None) -> int:
+        """Run every configuration of ``suites`` for seeds ``0..seeds-1``; return how many ran now.
+
+        Runs go seed by seed, so an interrupted call leaves whole seeds behind it. Grids
+        with an extension (noise, nopeek) grow on the first seed until accuracy
+        collapses; later seeds repeat the values the first seed needed.
+        """
+        suites = expand_suites(list(suites))
+        done_now = 0
+        with RunStore(self.results_dir) as store:
+            for seed in range(seeds):
+                queue = self.planned(suites, seed, store)
+                for config in queue:
+                    done_now += self._run_once(config, store, on_row)
+                for suite in suites:
+                    for config in self._extensions(suite, seed, store):
+                        done_now += self._run_once(config, store, on_row)
+        return done_now
+
+    def _extensions(self, suite: str, seed: int, store: RunStore) -> Iterable[RunConfig]:
+        """The extension values of ``suite`` for ``seed``, decided one at a time."""
+        first_seed = 0
+        grid = suite_configs(suite, self.dataset, self.budget, first_seed)
+        for config in extension_configs(suite, self.dataset, self.budget, seed):
+            at_first_seed = config.__class__(**{**config.as_row(), "seed": first_seed})
+            if seed != first_seed:
+                if store.get(at_first_seed.key) is None:
+                    return
+                yield config
+                continue
+            tried = [c for c in grid + extension_configs(suite, self.dataset, self.budget, first_seed)]
+            previous = tried[tried.index(at_first_seed) - 1]
+            if self._has_collapsed(previous, store):
+                return
+            yield config
+
+    def _has_collapsed(self, config: RunConfig, store: RunStore) -> bool:
+        row = store.get(config.key)
+        plain = store.get(suite_configs("plain", self.dataset, self.budget, config.seed)[0].key)
+        if row is None or plain is None:
+            return True  # nothing to extend from
+        if row["status"] != "ok" or math.isnan(row["accuracy"]):
+            return True
+        return collapsed(row["accuracy"], plain["accuracy"], self.splits(self.dataset, config.seed).num_classes)
+
+    def _run_once(self, config: RunConfig, store: RunStore, on_row: Callable[[dict[str, Any]], None] | None) -> int:
+        if config.key in store.finished():
+            return 0
+        row = self.measure(config)
+        store.add(row)
+        if on_row:
+            on_row(row)
+        return 1
+
+    # -- one measurement ------------------------------------------------------------
+
+    def splits(self, dataset: str, seed: int) -> Splits:
+        key = (dataset, seed)
+        if key not in self._splits:
+            own = dataset == self.dataset
+            self._splits[key] = make_splits(
+                dataset,
+                seed=seed,
+                train_size=self.budget.train_size if own else None,
+                val_size=self.budget.val_size,
+                test_size=self.budget.test_size if own else None,
+                root=self.data_dir,
+            )
+        return self._splits[key]
+
+    def model_path(self, config: RunConfig) -> Path:
+        return self.models_dir / f"{config.model_key}_{self.budget.name}.ckpt"
+
+    def target_model(self, config: RunConfig) -> tuple[SplitNN, int, float]:
+        """The trained model of ``config``: reloaded if an earlier run trained it. Returns it, its epoch, seconds."""
+        path = self.model_path(config)
+        if path.is_file():
+            model = load_classifier(path)
+            return model, model.checkpoint_epoch, 0.0
+        started = time.perf_counter()
+        model, epoch = train_classifier(
+            self.splits(config.dataset, config.seed),
+            noise_scale=config.noise_scale,
+            nopeek_weight=config.nopeek_weight,
+            learning_rate=self.budget.learning_rate,
+            batch_size=self.budget.batch_size,
+            max_epochs=self.budget.model_epochs,
+            seed=config.seed,
+            progress=self.progress,
+        )
+        save_checkpoint(model, path, "classifier", epoch)
+        return model, epoch, time.perf_counter() - started
+
+    def attack_data(self, config: RunConfig, splits: Splits) -> tuple[Split, Split, Split]:
+        """The attacker's auxiliary split, the label-only baseline's, and the test split of ``config``."""
+        test, aux = splits.test, splits.aux
+        if config.test_classes == "lower-half":
+            test = lower_half(test, splits.num_classes)
+        if config.aux_source == "same":
+            attacker_aux = aux
+        elif config.aux_source == "other-classes":
+            attacker_aux = upper_half(aux, splits.num_classes)
+        else:
+            attacker_aux = self.splits(config.aux_source, config.seed).aux
+        # The baseline needs every class of the target: its own dataset's auxiliary split.
+        return attacker_aux.subset(config.aux_size), aux.subset(config.aux_size), test
+
+    def measure(self, config: RunConfig) -> dict[str, Any]:
+        """Train what ``config`` needs, attack, score; the row for ``runs.csv``."""
+        row: dict[str, Any] = {
+            "key": config.key,
+            "budget": self.budget.name,
+            "suites": " ".join(suites_of(config, self.budget)),
+            **config.as_row(),
+            "code": self._code,
+        }
+        splits = self.splits(config.dataset, config.seed)
+        try:
+            target, epoch, model_seconds = self.target_model(config)
+        except TrainingDiverged as error:
+            return row | {"status": "diverged", "note": str(error)}
+        row |= {"best_epoch": epoch, "model_seconds": model_seconds}
+        target.set_noise(config.wire_noise)
+        attacker_aux, baseline_aux, test = self.attack_data(config, splits)
+        started = time.perf_counter()
+        row |= {"n_aux": len(attacker_aux), "n_test": len(test)}
+        row |= evaluate_classifier(target, test, seed=config.seed)
+        try:
+            attacker = train_attacker(
+                target,
+                attacker_aux.images,
+                learning_rate=self.budget.learning_rate,
+                batch_size=self.budget.batch_size,
+                max_steps=self.budget.attack_steps,
+                seed=config.seed,
+                progress=self.progress,
+            )
+        except TrainingDiverged as error:
+            return row | {"status": "diverged", "note": str(error), "attack_seconds": time.perf_counter() - started}
+        validator = obtain_validator(
+            splits,
+            self.validators_dir,
+            max_epochs=self.budget.validator_epochs,
+            train_size=self.budget.validator_train_size,
+            progress=self.progress,
+        )
+        measured = evaluate_attack(target, attacker, test, baseline_aux, validator=validator, seed=config.seed)
+        row |= {name: value for name, value in measured.items() if name in METRIC_COLUMNS}
+        row |= {"status": "ok", "attack_seconds": time.perf_counter() - started}
+        if config.seed == 0:
+            self._keep_samples(config, target, attacker, test, baseline_aux, splits.num_classes)
+        return row
+
+    def _keep_samples(self, config, target, attacker, test: Split, baseline_aux: Split, num_classes: int) -> None:
+        """Reconstructions of the first test images, for the figures."""
+        originals = test.images[:N_SAMPLES]
+        baseline = LabelOnlyBaseline.fit(baseline_aux.images, baseline_aux.labels, num_classes)
+        attack, label_only = reconstruct(target, attacker, originals, baseline, seed=config.seed)
+        # Half precision: plenty for an image, and a third of the size of the committed results.
+        samples = {
+            name: images.half()
+            for name, images in (("originals", originals), ("attack", attack), ("baseline", label_only))
+        }
+        with atomic_path(self.results_dir / SAMPLES_DIR / f"{config.key}.pt") as partial:
+            torch.save(samples, partial)
+
+
+def load_samples(results_dir: str | Path, key: str) -> dict[str, Tensor] | None:
+    """The kept reconstructions of run ``key`` (tensors only, loaded without running code), or None."""
+    path = Path(results_dir) / SAMPLES_DIR / f"{key}.pt"
+    if not path.is_file():
+        return None
+    return {name: images.float() for name, images in torch.load(path, map_location="cpu", weights_only=True).items()}

@@ -1,0 +1,115 @@
+"""Run the experiment suites, resumably, and write their tables, figures and report sections.
+
+    python scripts/run_experiments.py all --seeds 3        # the full grid on Fashion-MNIST
+    python scripts/run_experiments.py noise nopeek --quick  # a small version, in minutes
+
+Suites: plain, noise, nopeek, combo, post-noise, data-volume, aux-shift, all. Every run
+(a model, the noise on its wire and an attacker on exactly what the server sees) is
+recorded in <results-dir>/runs.csv as soon as it finishes; a second call skips finished
+runs and redoes any that was killed half-way. Tables (mean ± SE over seeds) go to
+<results-dir>/summary.csv and <results-dir>/tables/, figures to <results-dir>/figures/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dpsnn.cli import ArgumentParser, positive_int, run
+from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info
+from dpsnn.experiments.report import SUMMARY_FILE, draw_figures, update_report, write_tables
+from dpsnn.experiments.runner import ExperimentRunner
+from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, customised, expand_suites
+from dpsnn.experiments.summary import best_within, defence_label, undefended
+from dpsnn.results import RESULTS_DIR
+
+BUDGET_FLAGS = {
+    "train_size": "target train images",
+    "val_size": "target validation images",
+    "model_epochs": "epochs of every target model",
+    "attack_steps": "optimiser steps of every attacker",
+    "aux_size": "the default attacker's auxiliary images",
+    "test_size": "test images everything is scored on",
+    "validator_epochs": "epochs of the Validator",
+    "validator_train_size": "the Validator's train images",
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> object:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("suites", nargs="+", metavar="SUITE", help=f"one or more of {', '.join((*SUITES, ALL))}")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--quick", action="store_true", help="small models and attackers: minutes, not hours")
+    sizes = parser.add_argument_group("budget overrides (the defaults are the full or --quick budget)")
+    for name, what in BUDGET_FLAGS.items():
+        sizes.add_argument("--" + name.replace("_", "-"), type=positive_int, default=None, help=what)
+    parser.add_argument("--results-dir", type=Path, default=None, help="default: results/experiments[-quick]")
+    parser.add_argument("--models-dir", type=Path, default=None, help="default: models/experiments[-quick]")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--report", type=Path, default=None, help="report whose generated blocks to refresh")
+    parser.add_argument("--redraw", action="store_true", help="rewrite tables and figures even if no run was new")
+    parser.add_argument("--progress", action="store_true", help="show Lightning's per-epoch progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    suites = expand_suites(args.suites)  # an unknown suite fails here, before any work
+    dataset_info(args.dataset)
+    budget = customised(
+        QUICK if args.quick else FULL,
+        **{name: getattr(args, name) for name in BUDGET_FLAGS},
+    )
+    suffix = "-quick" if args.quick else ""
+    results_dir = args.results_dir or RESULTS_DIR / f"experiments{suffix}"
+    models_dir = args.models_dir or Path("models") / f"experiments{suffix}"
+    report = args.report or (None if args.quick else RESULTS_DIR / "REPORT.md")
+
+    bar = tqdm(desc="runs", unit="run", dynamic_ncols=True, disable=None)  # no bar when not a terminal
+
+    def log(row: dict) -> None:
+        bar.update(1)
+        seconds = (row.get("model_seconds") or 0) + (row.get("attack_seconds") or 0)
+        what = f"{row['status']:<8} {row['key']}"
+        if row["status"] == "ok":
+            what += f"  acc {row['accuracy']:.4f}  SSIM gap {row['gap_ssim']:+.3f}"
+        bar.write(f"{what}  ({seconds:.0f} s)")
+
+    runner = ExperimentRunner(budget, args.dataset, results_dir, models_dir, args.data_dir, progress=args.progress)
+    started = time.perf_counter()
+    done = runner.run(suites, args.seeds, on_row=log)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if done == 0 and not args.redraw and (results_dir / SUMMARY_FILE).is_file():
+        print(f"nothing to do: every run of {', '.join(suites)} for {args.seeds} seed(s) is in {results_dir}/runs.csv")
+        return 0
+    summary = write_tables(results_dir)
+    figures = draw_figures(results_dir, summary)
+    refreshed = report is not None and update_report(report, summary)
+    print(
+        f"{done} run(s) in {elapsed / 60:.1f} min; tables in {results_dir}/, {len(figures)} figure(s) in "
+        f"{results_dir}/figures/" + (f"; refreshed {report}" if refreshed else "")
+    )
+    plain, best = undefended(summary), best_within(summary, 0.01)
+    if plain:
+        print(
+            f"undefended: accuracy {plain['accuracy']:.4f} ± {plain['accuracy_se']:.4f}, "
+            f"SSIM gap to the label-only baseline {plain['gap_ssim']:.3f} ± {plain['gap_ssim_se']:.3f}"
+        )
+    if best:
+        print(
+            f"smallest SSIM gap within 1 point of accuracy: {defence_label(best)} "
+            f"(accuracy {best['accuracy']:.4f} ± {best['accuracy_se']:.4f}, "
+            f"SSIM gap {best['gap_ssim']:.3f} ± {best['gap_ssim_se']:.3f})"
+        )
+    elif plain:
+        print("no defended setting keeps accuracy within 1 point of the undefended model")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

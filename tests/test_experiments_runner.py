@@ -1,0 +1,208 @@
+"""The resumable runner and run_experiments.py, on a tiny budget of real Fashion-MNIST images."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpsnn.data import Split
+from dpsnn.experiments.report import SUMMARY_FILE, generated_blocks, report_blocks
+from dpsnn.experiments.runner import ExperimentRunner, load_samples
+from dpsnn.experiments.store import RUNS_FILE, RunStore, read_runs
+from dpsnn.experiments.suites import QUICK, customised, suite_configs
+from dpsnn.experiments.summary import summarise
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(
+    train_size=256, val_size=256, model_epochs=1, attack_steps=4, aux_size=200, test_size=300, validator_train_size=512
+)
+TINY_FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+
+
+def tiny_runner(tmp_path: Path, data_root: Path) -> ExperimentRunner:
+    return ExperimentRunner(
+        customised(QUICK, **TINY),
+        "fashion-mnist",
+        tmp_path / "results",
+        tmp_path / "models",
+        data_dir=data_root,
+        validators_dir=tmp_path / "validators",
+        progress=False,
+        log=lambda _: None,
+    )
+
+
+def test_a_suite_runs_once_and_a_second_call_does_nothing(tmp_path, data_root):
+    runner = tiny_runner(tmp_path, data_root)
+    assert runner.run(["plain", "post-noise"], seeds=2) == 2 * len(suite_configs("post-noise", "x", runner.budget))
+    rows = read_runs(runner.results_dir)
+    assert all(row["status"] == "ok" for row in rows)
+    assert len({row["key"] for row in rows}) == len(rows)
+    # Post-noise attacks the model trained without noise: it was trained once per seed.
+    assert sum(row["model_seconds"] > 0 for row in rows) == 2
+    assert {row["wire_noise"] for row in rows} == set(QUICK.post_noise_scales)
+    before = (runner.results_dir / RUNS_FILE).read_bytes()
+    assert tiny_runner(tmp_path, data_root).run(["plain", "post-noise"], seeds=2) == 0
+    assert (runner.results_dir / RUNS_FILE).read_bytes() == before
+    samples = load_samples(runner.results_dir, rows[0]["key"])
+    assert samples["attack"].shape == samples["originals"].shape == (8, 1, 28, 28)
+
+
+def test_extensions_grow_until_accuracy_collapses(tmp_path, data_root):
+    runner = tiny_runner(tmp_path, data_root)
+    runner.run(["noise"], seeds=1)
+    scales = sorted(row["noise_scale"] for row in read_runs(runner.results_dir))
+    assert scales[: len(QUICK.noise_scales)] == sorted(QUICK.noise_scales)
+    # The one extension value (2.0) runs only if accuracy at 0.5 had not collapsed.
+    with RunStore(runner.results_dir) as store:
+        at_half = store.get(suite_configs("noise", "fashion-mnist", runner.budget)[-1].key)
+        expect_extension = not runner._has_collapsed(suite_configs("noise", "fashion-mnist", runner.budget)[-1], store)
+    assert at_half is not None
+    assert (2.0 in scales) == expect_extension
+
+
+def test_a_diverged_run_is_recorded_as_diverged_and_not_redone(tmp_path, data_root):
+    runner = tiny_runner(tmp_path, data_root)
+    splits = runner.splits("fashion-mnist", 0)
+    poisoned = splits.train.images.clone()
+    poisoned[0, 0, 0, 0] = float("nan")  # a NaN pixel makes the first loss NaN
+    splits.train = Split(poisoned, splits.train.labels)
+    assert runner.run(["plain"], seeds=1) == 1
+    (row,) = read_runs(runner.results_dir)
+    assert row["status"] == "diverged" and "non-finite loss" in row["note"]
+    assert tiny_runner(tmp_path, data_root).run(["plain"], seeds=1) == 0
+    assert summarise(read_runs(runner.results_dir))[0]["n_diverged"] == 1
+
+
+def script(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "DPSNN_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "run_experiments.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        **kwargs,
+    )
+
+
+def test_killed_half_way_the_script_loses_nothing_and_duplicates_nothing(tmp_path, data_root):
+    results = tmp_path / "results"
+    common = ["post-noise", "--quick", "--seeds", "1", *TINY_FLAGS, "--results-dir", str(results)]
+    common += ["--models-dir", str(tmp_path / "models"), "--data-dir", str(data_root)]
+    process = script(*common, cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_runs(results) if (results / RUNS_FILE).exists() else []) < 1:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    survivors = read_runs(results)
+    assert 1 <= len(survivors) < len(QUICK.post_noise_scales)
+    finished = script(*common, cwd=tmp_path)
+    out, err = finished.communicate(timeout=600)
+    assert finished.returncode == 0, err[-2000:]
+    rows = read_runs(results)
+    assert len(rows) == len({row["key"] for row in rows}) == len(QUICK.post_noise_scales)
+    assert [row for row in rows if row["key"] in {s["key"] for s in survivors}] == survivors
+    assert (results / SUMMARY_FILE).is_file() and (results / "figures" / "post-noise_curves.png").is_file()
+    again = script(*common, cwd=tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "nothing to do" in out
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    process = script(*args, cwd=cwd)
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bogus"], "unknown suite 'bogus'"),
+        (["noise", "--seeds", "0"], "--seeds: must be a positive integer"),
+        (["noise", "--dataset", "cifar"], "unknown dataset"),
+        (["noise", "--train-size", "-5"], "--train-size: must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, args, message):
+    result = run_cli(*args, "--results-dir", str(tmp_path / "r"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r" / RUNS_FILE).exists()
+
+
+def test_a_results_table_of_another_schema_is_one_line_and_left_alone(tmp_path):
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / RUNS_FILE).write_text("schema_version,key,status\n0,x,ok\n")
+    before = (results / RUNS_FILE).read_bytes()
+    result = run_cli("plain", "--quick", "--results-dir", str(results), cwd=tmp_path)
+    assert result.returncode == 1 and "another version of the results schema" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (results / RUNS_FILE).read_bytes() == before
+
+
+def test_a_full_disk_is_one_line_and_keeps_finished_rows(tmp_path, data_root, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import run_experiments
+
+    results = tmp_path / "results"
+    common = ["plain", "--quick", *TINY_FLAGS, "--results-dir", str(results)]
+    common += ["--models-dir", str(tmp_path / "models"), "--data-dir", str(data_root)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_experiments.run(run_experiments.main, [*common, "--seeds", "1"])
+    assert exit_info.value.code == 0
+    before = (results / RUNS_FILE).read_bytes()
+
+    import dpsnn.experiments.store as store_module
+
+    def full_disk(*_, **__):
+        raise OSError(28, "No space left on device", str(results / RUNS_FILE))
+
+    monkeypatch.setattr(store_module, "write_table", full_disk)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_experiments.run(run_experiments.main, [*common, "--seeds", "2"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: No space left on device" in err[0]
+    assert (results / RUNS_FILE).read_bytes() == before
+    assert not [p for p in results.iterdir() if p.name.startswith(".runs.csv")]
+
+
+def test_committed_report_agrees_with_the_committed_results():
+    results = REPO / "results" / "experiments"
+    if not (results / RUNS_FILE).is_file():
+        pytest.fail("results/experiments/runs.csv is missing: the full suite's results belong in the repository")
+    summary = summarise(read_runs(results))
+    blocks = generated_blocks(REPO / "results" / "REPORT.md")
+    assert blocks, "results/REPORT.md has no generated blocks"
+    expected = report_blocks(summary)
+    for name, body in blocks.items():
+        assert body == expected[name], f"REPORT.md's '{name}' block is stale: re-run scripts/run_experiments.py"
+    with open(results / SUMMARY_FILE, newline="") as file:
+        assert len(list(csv.DictReader(file))) == len(summary)
+
+
+def test_what_the_runner_measures_matches_the_library(tmp_path, data_root):
+    """A recorded accuracy is evaluate_classifier's on the same model and test split."""
+    from dpsnn.checkpoints import load_classifier
+    from dpsnn.evaluation import evaluate_classifier
+
+    runner = tiny_runner(tmp_path, data_root)
+    runner.run(["plain"], seeds=1)
+    (row,) = read_runs(runner.results_dir)
+    config = suite_configs("plain", "fashion-mnist", runner.budget)[0]
+    model = load_classifier(runner.model_path(config))
+    again = evaluate_classifier(model, runner.splits("fashion-mnist", 0).test, seed=0)
+    assert row["accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    assert torch.isfinite(torch.tensor(row["gap_ssim"]))
