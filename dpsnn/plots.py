@@ -129,3 +129,64 @@ def measure_curves(
     if title:
         figure.suptitle(title, fontsize=10)
     return _save(figure, path)
+
+
+def heatmaps(
+    rows: Sequence[Mapping[str, float]],
+    x: str,
+    y: str,
+    measures: Sequence[tuple[str, str]],
+    path: str | Path,
+    title: str | None = None,
+) -> Path:
+    """One annotated heat map per ``(column, label)`` in ``measures``, over the grid of ``x`` by ``y`` values."""
+    xs = sorted({r[x] for r in rows})
+    ys = sorted({r[y] for r in rows})
+    figure, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 4.0), squeeze=False)
+    for axis, (column, label) in zip(axes[0], measures, strict=True):
+        grid = [[float("nan")] * len(xs) for _ in ys]
+        for r in rows:
+            grid[ys.index(r[y])][xs.index(r[x])] = r[column]
+        image = axis.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if value == value:  # not NaN
+                    axis.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7, color="white")
+        axis.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        axis.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        axis.set_xlabel(x.replace("_", " "))
+        axis.set_ylabel(y.replace("_", " "))
+        axis.set_title(label, fontsize=9)
+        figure.colorbar(image, ax=axis, shrink=0.8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
+def bars(
+    rows: Sequence[Mapping[str, float]],
+    labels: Sequence[str],
+    measures: Sequence[tuple[str, str]],
+    path: str | Path,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
+    """Grouped bars with standard-error whiskers: one group per row, one bar per ``(column, label)``."""
+    figure, axis = plt.subplots(figsize=(1.8 * len(rows) + 3.0, 3.8))
+    width = 0.8 / max(1, len(measures))
+    for k, (column, label) in enumerate(measures):
+        positions = [i + (k - (len(measures) - 1) / 2) * width for i in range(len(rows))]
+        axis.bar(
+            positions,
+            [r[column] for r in rows],
+            width,
+            yerr=[r.get(f"{column}_se", 0.0) for r in rows],
+            capsize=3,
+            label=label,
+        )
+    axis.set_xticks(range(len(rows)), labels)
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=8)
+    if title:
+        axis.set_title(title, fontsize=10)
+    return _save(figure, path)

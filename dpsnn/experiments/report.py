@@ -96,30 +96,42 @@ def draw_figures(results_dir: str | Path, summary: Sequence[Mapping[str, Any]]) 
                 title="Privacy-utility frontier (mean ± SE over seeds)",
             )
         )
-    accuracy_panel = ("test accuracy", [("accuracy", "test accuracy")])
-    ssim_panel = ("SSIM to the original", [("attack_ssim", "attack"), ("baseline_ssim", "label-only baseline")])
-    validator_panel = (
-        "Validator accuracy",
-        [("attack_validator_acc", "on the attack"), ("baseline_validator_acc", "on the baseline")],
-    )
-    curves = {
-        "noise": ("noise_scale", "Laplace scale b (trained and attacked with it)", True),
-        "nopeek": ("nopeek_weight", "NoPeek weight w", True),
-        "post-noise": ("wire_noise", "Laplace scale b, switched on after training", True),
-        "data-volume": ("aux_size", "attacker's auxiliary images", False),
-    }
-    for suite, (x, xlabel, symlog) in curves.items():
-        rows = suite_table(summary, suite)
-        if len(rows) > 1:
-            panels = [ssim_panel, validator_panel] if suite == "data-volume" else [accuracy_panel, ssim_panel]
-            drawn.append(
-                plots.measure_curves(rows, x, panels, figures / f"{suite}_curves.png", xlabel, symlog, title=suite)
-            )
+    for suite in CURVES:
+        path = curve_figure(summary, suite, figures / f"{suite}_curves.png")
+        if path:
+            drawn.append(path)
     for suite in SUITES:
         grid = _grid_rows(results_dir, suite_table(summary, suite), suite)
         if grid:
             drawn.append(plots.reconstruction_grid(grid, figures / f"grid_{suite}.png", title=f"{suite}: seed 0"))
     return drawn
+
+
+ACCURACY_PANEL = ("test accuracy", [("accuracy", "test accuracy")])
+LEAK_PANEL = ("dCor(x, what the server sees)", [("dcor", "dCor(x, h̃)")])
+SSIM_PANEL = ("SSIM to the original", [("attack_ssim", "attack"), ("baseline_ssim", "label-only baseline")])
+VALIDATOR_PANEL = (
+    "Validator accuracy",
+    [("attack_validator_acc", "on the attack"), ("baseline_validator_acc", "on the baseline")],
+)
+# suite: (parameter, axis label, log-like axis, panels)
+CURVES = {
+    "noise": ("noise_scale", "Laplace scale b (trained and attacked with it)", True, (ACCURACY_PANEL, SSIM_PANEL)),
+    "nopeek": ("nopeek_weight", "NoPeek weight w", True, (ACCURACY_PANEL, SSIM_PANEL)),
+    "post-noise": ("wire_noise", "Laplace scale b, switched on after training", True, (ACCURACY_PANEL, SSIM_PANEL)),
+    "data-volume": ("aux_size", "attacker's auxiliary images", False, (SSIM_PANEL, VALIDATOR_PANEL)),
+}
+
+
+def curve_figure(
+    summary: Sequence[Mapping[str, Any]], suite: str, path: str | Path, panels: Sequence[Any] | None = None
+) -> Path | None:
+    """Measures of ``suite`` against what it varies (mean ± SE over seeds); None if it has under two settings."""
+    x, xlabel, symlog, default_panels = CURVES[suite]
+    rows = suite_table(summary, suite)
+    if len(rows) < 2:
+        return None
+    return plots.measure_curves(rows, x, panels or default_panels, path, xlabel, symlog, title=suite)
 
 
 def _grid_rows(results_dir: Path, rows: Sequence[Mapping[str, Any]], suite: str) -> dict[str, Any]:

@@ -113,18 +113,21 @@ def defence_label(row: Mapping[str, Any]) -> str:
     return " + ".join(parts) or "none"
 
 
-def best_within(summary: Sequence[Mapping[str, Any]], max_accuracy_drop: float = 0.01) -> dict[str, Any] | None:
+def best_within(
+    summary: Sequence[Mapping[str, Any]], max_accuracy_drop: float = 0.01, suite: str | None = None
+) -> dict[str, Any] | None:
     """The defended setting with the smallest SSIM gap whose accuracy is within ``max_accuracy_drop``.
 
-    Accuracy is compared as means over seeds with the undefended model's; returns None
-    when no defended setting keeps the accuracy.
+    Accuracy is compared as means over seeds with the undefended model's; ``suite``
+    limits the search to one suite. Returns None when no defended setting keeps the accuracy.
     """
     plain = undefended(summary)
     if plain is None:
         return None
+    candidates = suite_table(summary, suite) if suite else frontier_points(summary)
     keeping = [
         row
-        for row in frontier_points(summary)
+        for row in candidates
         if defence_label(row) != "none" and row["accuracy"] >= plain["accuracy"] - max_accuracy_drop
     ]
     return dict(min(keeping, key=lambda row: row["gap_ssim"])) if keeping else None

@@ -1,0 +1,54 @@
+"""Every analysis notebook runs top to bottom on a small results folder made by the runner."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from dpsnn.experiments.runner import ExperimentRunner
+from dpsnn.experiments.suites import QUICK, customised
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+TINY = dict(
+    train_size=256, val_size=256, model_epochs=1, attack_steps=4, aux_size=200, test_size=300, validator_train_size=512
+)
+
+
+@pytest.fixture(scope="module")
+def small_results(tmp_path_factory, data_root):
+    """Every suite, two seeds, on a tiny budget: the same tables a full run writes, in seconds."""
+    folder = tmp_path_factory.mktemp("experiments")
+    runner = ExperimentRunner(
+        customised(QUICK, **TINY),
+        "fashion-mnist",
+        folder / "results",
+        folder / "models",
+        data_dir=data_root,
+        validators_dir=folder / "validators",
+        progress=False,
+    )
+    runner.run(["all"], seeds=2)
+    return folder / "results"
+
+
+def test_there_is_one_notebook_per_question():
+    names = [path.stem for path in NOTEBOOKS]
+    for topic in ("data_volume", "nopeek", "laplacian_noise", "post_training_noise", "noise_with_nopeek", "shift"):
+        assert any(topic in name for name in names), f"no notebook about {topic}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, small_results, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSNN_RESULTS", str(small_results))
+    monkeypatch.setenv("DPSNN_FIGURES", str(tmp_path / "figures"))
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, f"{path.name} drew no figure"
+    assert list((tmp_path / "figures").glob("*.png"))
