@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test test-all lint format bench clean-demo
+.PHONY: setup dataset demo experiments test test-all lint format bench bench-budget clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ demo: setup dataset
 	$(BIN)/python scripts/plot_attack.py --attackers demo_plain_attacker demo_defended_attacker
 	@echo "demo done: results/*.csv and results/figures/attack_grid.png"
 
+experiments: setup dataset
+	$(BIN)/python scripts/run_experiments.py all --seeds 3
+
 test: setup dataset
 	$(BIN)/python -m pytest
 
@@ -56,6 +59,9 @@ format: setup
 bench: setup dataset
 	$(BIN)/python benchmarks/bench_nopeek.py
 	$(BIN)/python benchmarks/bench_training.py
+
+bench-budget: setup dataset
+	$(BIN)/python benchmarks/bench_budget.py
 
 clean-demo:
 	rm -f models/classifiers/demo_* models/attackers/demo_*

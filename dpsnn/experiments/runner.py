@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,9 @@ SAMPLES_DIR = "samples"
 N_SAMPLES = 8  # test images whose reconstructions are kept (first seed only) for the figures
 
 
-def lower_half(split: Split, num_classes: int) -> Split:
-    """The images of the first half of the classes (those an ``other-classes`` attacker never saw)."""
-    keep = split.labels < num_classes // 2
-    return Split(split.images[keep], split.labels[keep])
-
-
-def upper_half(split: Split, num_classes: int) -> Split:
-    keep = split.labels >= num_classes // 2
+def class_half(split: Split, num_classes: int, upper: bool = False) -> Split:
+    """The images of the first (or, with ``upper``, the second) half of the classes."""
+    keep = (split.labels >= num_classes // 2) if upper else (split.labels < num_classes // 2)
     return Split(split.images[keep], split.labels[keep])
 
 
@@ -94,7 +89,7 @@ class ExperimentRunner:
         other = OTHER_DATASET.get(self.dataset)
         return other if other and available_dataset(other, self.data_dir) else None
 
-    def planned(self, suites: Iterable[str], seed: int, store: RunStore) -> list[RunConfig]:
+    def planned(self, suites: Iterable[str], seed: int) -> list[RunConfig]:
         """The fixed configurations of ``suites`` for ``seed``, each once, in order."""
         other = self.other_dataset()
         configs: list[RunConfig] = []
@@ -117,8 +112,7 @@ class ExperimentRunner:
         done_now = 0
         with RunStore(self.results_dir) as store:
             for seed in range(seeds):
-                queue = self.planned(suites, seed, store)
-                for config in queue:
+                for config in self.planned(suites, seed):
                     done_now += self._run_once(config, store, on_row)
                 for suite in suites:
                     for config in self._extensions(suite, seed, store):
@@ -130,13 +124,13 @@ class ExperimentRunner:
         first_seed = 0
         grid = suite_configs(suite, self.dataset, self.budget, first_seed)
         for config in extension_configs(suite, self.dataset, self.budget, seed):
-            at_first_seed = config.__class__(**{**config.as_row(), "seed": first_seed})
+            at_first_seed = replace(config, seed=first_seed)
             if seed != first_seed:
                 if store.get(at_first_seed.key) is None:
                     return
                 yield config
                 continue
-            tried = [c for c in grid + extension_configs(suite, self.dataset, self.budget, first_seed)]
+            tried = grid + extension_configs(suite, self.dataset, self.budget, first_seed)
             previous = tried[tried.index(at_first_seed) - 1]
             if self._has_collapsed(previous, store):
                 return
@@ -203,11 +197,11 @@ class ExperimentRunner:
         """The attacker's auxiliary split, the label-only baseline's, and the test split of ``config``."""
         test, aux = splits.test, splits.aux
         if config.test_classes == "lower-half":
-            test = lower_half(test, splits.num_classes)
+            test = class_half(test, splits.num_classes)
         if config.aux_source == "same":
             attacker_aux = aux
         elif config.aux_source == "other-classes":
-            attacker_aux = upper_half(aux, splits.num_classes)
+            attacker_aux = class_half(aux, splits.num_classes, upper=True)
         else:
             attacker_aux = self.splits(config.aux_source, config.seed).aux
         # The baseline needs every class of the target: its own dataset's auxiliary split.
