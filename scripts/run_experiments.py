@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from dpsnn.cli import ArgumentParser, positive_int, run
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info
+from dpsnn.errors import ResultsError
 from dpsnn.experiments.report import SUMMARY_FILE, draw_figures, update_report, write_tables
 from dpsnn.experiments.runner import ExperimentRunner
+from dpsnn.experiments.store import RUNS_FILE
 from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, customised, expand_suites
 from dpsnn.experiments.summary import best_within, defence_label, undefended
 from dpsnn.results import RESULTS_DIR
@@ -52,6 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> object:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--report", type=Path, default=None, help="report whose generated blocks to refresh")
     parser.add_argument("--redraw", action="store_true", help="rewrite tables and figures even if no run was new")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="run nothing: rewrite tables, figures and report from runs.csv"
+    )
     parser.add_argument("--progress", action="store_true", help="show Lightning's per-epoch progress bars")
     return parser.parse_args(argv)
 
@@ -81,10 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runner = ExperimentRunner(budget, args.dataset, results_dir, models_dir, args.data_dir, progress=args.progress)
     started = time.perf_counter()
-    done = runner.run(suites, args.seeds, on_row=log)
+    done = 0 if args.tables_only else runner.run(suites, args.seeds, on_row=log)
     bar.close()
     elapsed = time.perf_counter() - started
-    if done == 0 and not args.redraw and (results_dir / SUMMARY_FILE).is_file():
+    if args.tables_only and not (results_dir / RUNS_FILE).is_file():
+        raise ResultsError(f"no {results_dir / RUNS_FILE} to make tables from; run some suites first")
+    if done == 0 and not (args.redraw or args.tables_only) and (results_dir / SUMMARY_FILE).is_file():
         print(f"nothing to do: every run of {', '.join(suites)} for {args.seeds} seed(s) is in {results_dir}/runs.csv")
         return 0
     summary = write_tables(results_dir)

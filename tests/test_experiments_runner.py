@@ -115,6 +115,14 @@ def test_killed_half_way_the_script_loses_nothing_and_duplicates_nothing(tmp_pat
     again = script(*common, cwd=tmp_path)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0 and "nothing to do" in out
+    # --tables-only rebuilds what is derived and touches no run.
+    runs_before = (results / RUNS_FILE).read_bytes()
+    (results / SUMMARY_FILE).unlink()
+    redraw = script(*common, "--tables-only", cwd=tmp_path)
+    out, err = redraw.communicate(timeout=600)
+    assert redraw.returncode == 0, err[-2000:]
+    assert "0 run(s)" in out and (results / SUMMARY_FILE).is_file()
+    assert (results / RUNS_FILE).read_bytes() == runs_before
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
