@@ -62,36 +62,48 @@ def privacy_utility_frontier(
     y: str = "accuracy",
     reference_accuracy: float | None = None,
     title: str | None = None,
+    zoom_points: float = 0.05,
 ) -> Path:
     """Accuracy against leakage, one point per setting with its error bars, the Pareto front drawn.
 
-    ``groups`` maps a legend label to rows holding ``x``, ``y`` and their ``_se``; with
-    ``reference_accuracy`` a dashed line marks one point of accuracy below it.
+    ``groups`` maps a legend label to rows holding ``x``, ``y`` and their ``_se``. With
+    ``reference_accuracy`` a dashed line marks one point of accuracy below it, and a
+    second panel zooms on the settings within ``zoom_points`` of it.
     """
-    figure, axis = plt.subplots(figsize=(7.5, 5.2))
-    for label, rows in groups.items():
-        if rows:
-            axis.errorbar(
-                [r[x] for r in rows],
-                [r[y] for r in rows],
-                xerr=[r.get(f"{x}_se", 0.0) for r in rows],
-                yerr=[r.get(f"{y}_se", 0.0) for r in rows],
-                fmt="o",
-                markersize=4,
-                capsize=2,
-                label=label,
-                alpha=0.85,
+    panels = 2 if reference_accuracy is not None else 1
+    figure, axes = plt.subplots(1, panels, figsize=(7.0 * panels, 5.2), squeeze=False)
+    for index, axis in enumerate(axes[0]):
+        zoomed = index == 1
+        for label, rows in groups.items():
+            shown = [r for r in rows if not zoomed or r[y] >= reference_accuracy - zoom_points]
+            if shown:
+                axis.errorbar(
+                    [r[x] for r in shown],
+                    [r[y] for r in shown],
+                    xerr=[r.get(f"{x}_se", 0.0) for r in shown],
+                    yerr=[r.get(f"{y}_se", 0.0) for r in shown],
+                    fmt="o",
+                    markersize=4,
+                    capsize=2,
+                    label=label,
+                    alpha=0.85,
+                )
+        shown_front = [p for p in front if not zoomed or p[y] >= reference_accuracy - zoom_points]
+        if shown_front:
+            axis.plot(
+                [p[x] for p in shown_front], [p[y] for p in shown_front], "k--", linewidth=1, label="Pareto front"
             )
-    if front:
-        axis.plot([p[x] for p in front], [p[y] for p in front], "k--", linewidth=1, label="Pareto front")
-    if reference_accuracy is not None:
-        axis.axhline(reference_accuracy - 0.01, color="grey", linestyle=":", linewidth=1, label="undefended - 1 point")
-    axis.axvline(0.0, color="grey", linewidth=0.8)
-    axis.set_xlabel("attack SSIM minus label-only baseline SSIM (lower leaks less)")
-    axis.set_ylabel("test accuracy")
-    axis.legend(fontsize=8, loc="lower right")
+        if reference_accuracy is not None:
+            axis.axhline(
+                reference_accuracy - 0.01, color="grey", linestyle=":", linewidth=1, label="undefended - 1 point"
+            )
+        axis.axvline(0.0, color="grey", linewidth=0.8)
+        axis.set_xlabel("attack SSIM minus label-only baseline SSIM (lower leaks less)")
+        axis.set_ylabel("test accuracy")
+        axis.set_title(f"within {100 * zoom_points:g} points of undefended" if zoomed else "all settings", fontsize=9)
+        axis.legend(fontsize=8, loc="lower right")
     if title:
-        axis.set_title(title, fontsize=10)
+        figure.suptitle(title, fontsize=10)
     return _save(figure, path)
 
 
