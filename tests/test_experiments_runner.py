@@ -34,7 +34,6 @@ def tiny_runner(tmp_path: Path, data_root: Path) -> ExperimentRunner:
         data_dir=data_root,
         validators_dir=tmp_path / "validators",
         progress=False,
-        log=lambda _: None,
     )
 
 

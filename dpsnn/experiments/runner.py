@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dpsnn.attacks.baseline import LabelOnlyBaseline
+from dpsnn.attacks.inversion import InversionAttacker
 from dpsnn.checkpoints import VALIDATORS_DIR, load_classifier, save_checkpoint
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, ensure_dataset, make_splits
 from dpsnn.errors import DataError, TrainingDiverged
@@ -75,7 +76,6 @@ class ExperimentRunner:
     data_dir: str | Path = DEFAULT_DATA_DIR
     validators_dir: str | Path = VALIDATORS_DIR
     progress: bool = True
-    log: Callable[[str], None] = print
 
     def __post_init__(self) -> None:
         self.results_dir, self.models_dir = Path(self.results_dir), Path(self.models_dir)
@@ -253,7 +253,15 @@ class ExperimentRunner:
             self._keep_samples(config, target, attacker, test, baseline_aux, splits.num_classes)
         return row
 
-    def _keep_samples(self, config, target, attacker, test: Split, baseline_aux: Split, num_classes: int) -> None:
+    def _keep_samples(
+        self,
+        config: RunConfig,
+        target: SplitNN,
+        attacker: InversionAttacker,
+        test: Split,
+        baseline_aux: Split,
+        num_classes: int,
+    ) -> None:
         """Reconstructions of the first test images, for the figures."""
         originals = test.images[:N_SAMPLES]
         baseline = LabelOnlyBaseline.fit(baseline_aux.images, baseline_aux.labels, num_classes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fcntl
 import math
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +122,6 @@ class RunStore:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self._rows)
 
     def finished(self) -> set[str]:
         return {row["key"] for row in self._rows}

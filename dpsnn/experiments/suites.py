@@ -128,11 +128,6 @@ class RunConfig:
             f"{self.test_classes}test"
         )
 
-    @property
-    def setting(self) -> tuple[Any, ...]:
-        """Everything but the seed: the configuration that seeds are averaged over."""
-        return tuple(value for name, value in asdict(self).items() if name != "seed")
-
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
 
