@@ -10,35 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_BUDGET
 
 from dpsnn.data import Split
 from dpsnn.experiments.report import SUMMARY_FILE, generated_blocks, report_blocks
-from dpsnn.experiments.runner import ExperimentRunner, load_samples
+from dpsnn.experiments.runner import load_samples
 from dpsnn.experiments.store import RUNS_FILE, RunStore, read_runs
-from dpsnn.experiments.suites import QUICK, customised, suite_configs
+from dpsnn.experiments.suites import QUICK, suite_configs
 from dpsnn.experiments.summary import summarise
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(
-    train_size=256, val_size=256, model_epochs=1, attack_steps=4, aux_size=200, test_size=300, validator_train_size=512
-)
-TINY_FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+TINY_FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in TINY_BUDGET.items()]
 
 
-def tiny_runner(tmp_path: Path, data_root: Path) -> ExperimentRunner:
-    return ExperimentRunner(
-        customised(QUICK, **TINY),
-        "fashion-mnist",
-        tmp_path / "results",
-        tmp_path / "models",
-        data_dir=data_root,
-        validators_dir=tmp_path / "validators",
-        progress=False,
-    )
-
-
-def test_a_suite_runs_once_and_a_second_call_does_nothing(tmp_path, data_root):
-    runner = tiny_runner(tmp_path, data_root)
+def test_a_suite_runs_once_and_a_second_call_does_nothing(tmp_path, tiny_runner):
+    runner = tiny_runner(tmp_path)
     assert runner.run(["plain", "post-noise"], seeds=2) == 2 * len(suite_configs("post-noise", "x", runner.budget))
     rows = read_runs(runner.results_dir)
     assert all(row["status"] == "ok" for row in rows)
@@ -47,14 +33,14 @@ def test_a_suite_runs_once_and_a_second_call_does_nothing(tmp_path, data_root):
     assert sum(row["model_seconds"] > 0 for row in rows) == 2
     assert {row["wire_noise"] for row in rows} == set(QUICK.post_noise_scales)
     before = (runner.results_dir / RUNS_FILE).read_bytes()
-    assert tiny_runner(tmp_path, data_root).run(["plain", "post-noise"], seeds=2) == 0
+    assert tiny_runner(tmp_path).run(["plain", "post-noise"], seeds=2) == 0
     assert (runner.results_dir / RUNS_FILE).read_bytes() == before
     samples = load_samples(runner.results_dir, rows[0]["key"])
     assert samples["attack"].shape == samples["originals"].shape == (8, 1, 28, 28)
 
 
-def test_extensions_grow_until_accuracy_collapses(tmp_path, data_root):
-    runner = tiny_runner(tmp_path, data_root)
+def test_extensions_grow_until_accuracy_collapses(tmp_path, tiny_runner):
+    runner = tiny_runner(tmp_path)
     runner.run(["noise"], seeds=1)
     scales = sorted(row["noise_scale"] for row in read_runs(runner.results_dir))
     assert scales[: len(QUICK.noise_scales)] == sorted(QUICK.noise_scales)
@@ -66,8 +52,8 @@ def test_extensions_grow_until_accuracy_collapses(tmp_path, data_root):
     assert (2.0 in scales) == expect_extension
 
 
-def test_a_diverged_run_is_recorded_as_diverged_and_not_redone(tmp_path, data_root):
-    runner = tiny_runner(tmp_path, data_root)
+def test_a_diverged_run_is_recorded_as_diverged_and_not_redone(tmp_path, tiny_runner):
+    runner = tiny_runner(tmp_path)
     splits = runner.splits("fashion-mnist", 0)
     poisoned = splits.train.images.clone()
     poisoned[0, 0, 0, 0] = float("nan")  # a NaN pixel makes the first loss NaN
@@ -75,7 +61,7 @@ def test_a_diverged_run_is_recorded_as_diverged_and_not_redone(tmp_path, data_ro
     assert runner.run(["plain"], seeds=1) == 1
     (row,) = read_runs(runner.results_dir)
     assert row["status"] == "diverged" and "non-finite loss" in row["note"]
-    assert tiny_runner(tmp_path, data_root).run(["plain"], seeds=1) == 0
+    assert tiny_runner(tmp_path).run(["plain"], seeds=1) == 0
     assert summarise(read_runs(runner.results_dir))[0]["n_diverged"] == 1
 
 
@@ -200,12 +186,12 @@ def test_committed_report_agrees_with_the_committed_results():
         assert len(list(csv.DictReader(file))) == len(summary)
 
 
-def test_what_the_runner_measures_matches_the_library(tmp_path, data_root):
+def test_what_the_runner_measures_matches_the_library(tmp_path, tiny_runner):
     """A recorded accuracy is evaluate_classifier's on the same model and test split."""
     from dpsnn.checkpoints import load_classifier
     from dpsnn.evaluation import evaluate_classifier
 
-    runner = tiny_runner(tmp_path, data_root)
+    runner = tiny_runner(tmp_path)
     runner.run(["plain"], seeds=1)
     (row,) = read_runs(runner.results_dir)
     config = suite_configs("plain", "fashion-mnist", runner.budget)[0]

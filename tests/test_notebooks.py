@@ -6,31 +6,16 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from dpsnn.experiments.runner import ExperimentRunner
-from dpsnn.experiments.suites import QUICK, customised
-
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-TINY = dict(
-    train_size=256, val_size=256, model_epochs=1, attack_steps=4, aux_size=200, test_size=300, validator_train_size=512
-)
 
 
 @pytest.fixture(scope="module")
-def small_results(tmp_path_factory, data_root):
+def small_results(tmp_path_factory, tiny_runner):
     """Every suite, two seeds, on a tiny budget: the same tables a full run writes, in seconds."""
-    folder = tmp_path_factory.mktemp("experiments")
-    runner = ExperimentRunner(
-        customised(QUICK, **TINY),
-        "fashion-mnist",
-        folder / "results",
-        folder / "models",
-        data_dir=data_root,
-        validators_dir=folder / "validators",
-        progress=False,
-    )
+    runner = tiny_runner(tmp_path_factory.mktemp("experiments"))
     runner.run(["all"], seeds=2)
-    return folder / "results"
+    return runner.results_dir
 
 
 def test_there_is_one_notebook_per_question():
