@@ -30,7 +30,8 @@ def _columns(rows: list[Mapping[str, Any]]) -> list[str]:
     return columns
 
 
-def _cell(value: Any) -> Any:
+def format_cell(value: Any) -> Any:
+    """How a value is written into a CSV table: floats to 6 significant figures, NaN as empty."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return value
@@ -59,7 +60,7 @@ def write_table(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: li
     with atomic_path(path) as partial, partial.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, extrasaction="raise")
         writer.writeheader()
-        writer.writerows({key: _cell(row.get(key, "")) for key in columns} for row in rows)
+        writer.writerows({key: format_cell(row.get(key, "")) for key in columns} for row in rows)
     return Path(path)
 
 

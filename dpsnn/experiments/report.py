@@ -35,7 +35,7 @@ from dpsnn.experiments.summary import (
     undefended,
 )
 from dpsnn.files import atomic_path
-from dpsnn.results import write_table
+from dpsnn.results import format_measure, write_table
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -157,12 +157,8 @@ BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- e
 
 
 def _cell(row: Mapping[str, Any], measure: str, digits: int) -> str:
-    value, se = row[measure], row.get(f"{measure}_se", math.nan)
-    if isinstance(value, float) and math.isnan(value):
-        return "–"
-    if isinstance(se, float) and math.isnan(se):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ± {se:.{digits}f}"
+    value = row[measure]
+    return "–" if isinstance(value, float) and math.isnan(value) else format_measure(row, measure, digits)
 
 
 REPORT_COLUMNS = (

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dpsnn.errors import ResultsError
-from dpsnn.results import read_table, write_table
+from dpsnn.results import format_cell, read_table, write_table
 
 SCHEMA_VERSION = 1
 RUNS_FILE = "runs.csv"
@@ -138,16 +138,11 @@ class RunStore:
             raise ResultsError(f"a run row has columns the schema lacks: {', '.join(sorted(extra))}")
         row = {"schema_version": SCHEMA_VERSION, **row}
         write_table(self.path, [*self._raw_rows(), row], list(RUN_COLUMNS))
-        self._rows.append(_parse({column: _text(row.get(column, "")) for column in RUN_COLUMNS}))
+        # Parse what was written, so the row in memory equals the row on disk.
+        self._rows.append(_parse({column: str(format_cell(row.get(column, ""))) for column in RUN_COLUMNS}))
 
     def _raw_rows(self) -> list[dict[str, str]]:
         return read_table(self.path)[1]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
 
 
 def current_code_version(repo: str | Path | None = None) -> str:
