@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo experiments test test-all lint format bench bench-budget clean-demo
+.PHONY: setup dataset demo experiments notebooks test test-all lint format bench bench-budget clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ demo: setup dataset
 
 experiments: setup dataset
 	$(BIN)/python scripts/run_experiments.py all --seeds 3
+	$(BIN)/python scripts/execute_notebooks.py
+
+notebooks: setup
+	$(BIN)/python scripts/execute_notebooks.py
 
 test: setup dataset
 	$(BIN)/python -m pytest
