@@ -21,8 +21,13 @@ from torch import Tensor, nn
 
 from dpsnn.defences.noise import LaplaceNoise, check_scale
 from dpsnn.defences.nopeek import NoPeekLoss, distance_correlation
+from dpsnn.errors import ConfigError
 
 INTERMEDIATE_SIZE = 500
+
+
+#: ``constant``: Adam at ``learning_rate`` throughout; ``one-cycle``: warm up to it, then anneal.
+LR_SCHEDULES = ("constant", "one-cycle")
 
 
 class ClientNet(nn.Sequential):
@@ -74,8 +79,16 @@ class _Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        # Checkpoints from before the option existed trained at a constant rate.
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return optimizer
+        # One cycle: warm up to the learning rate, then anneal to almost zero by the last step.
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.learning_rate, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class SplitNN(_Classifier):
@@ -96,11 +109,14 @@ class SplitNN(_Classifier):
         num_classes: int = 10,
         client: nn.Module | None = None,
         server: nn.Module | None = None,
+        lr_schedule: str = "constant",
         **metadata: Any,
     ) -> None:
         super().__init__()
         noise_scale = check_scale(noise_scale)
         nopeek_weight = check_scale(nopeek_weight, "NoPeek weight")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         # ``metadata`` (dataset, seed, ...) travels with the checkpoint.
         self.save_hyperparameters(ignore=["client", "server"])
         self.client = client if client is not None else ClientNet()

@@ -130,8 +130,13 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
     log_dir: str | Path | None = None,
+    lr_schedule: str = "constant",
 ) -> tuple[SplitNN, int]:
-    """Train a :class:`SplitNN` on ``splits.train``; return it at its best val accuracy, and that epoch."""
+    """Train a :class:`SplitNN` on ``splits.train``; return it at its best val accuracy, and that epoch.
+
+    ``lr_schedule`` is ``"constant"`` (Adam at ``learning_rate`` throughout) or ``"one-cycle"``
+    (warm up to ``learning_rate``, then anneal to almost zero by the last epoch).
+    """
     splits.train.require("target train")
     splits.val.require("target val")
     L.seed_everything(seed, verbose=False)
@@ -143,6 +148,7 @@ def train_classifier(
         dataset=splits.name,
         seed=seed,
         train_size=len(splits.train),
+        lr_schedule=lr_schedule,
     )
     epoch = _fit_keeping_best(model, splits.train, splits.val, batch_size, max_epochs, seed, progress, log_dir)
     return model, epoch

@@ -17,6 +17,7 @@ from dpsnn.cli import ArgumentParser, add_run_arguments, non_negative_float, pos
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
 from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
+from dpsnn.models import LR_SCHEDULES
 from dpsnn.results import RESULTS_DIR, append_rows, format_measure
 from dpsnn.training import train_classifier
 
@@ -30,6 +31,12 @@ def parse_args(argv: Sequence[str] | None) -> object:
     parser.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="constant, or one-cycle: warm up to the learning rate, then anneal to almost zero",
+    )
     parser.add_argument("--max-epochs", type=positive_int, default=10)
     parser.add_argument("--train-size", type=positive_int, default=None, help="images of the target train split")
     parser.add_argument("--seed", type=int, default=0, help="fixes splits, initialisation and noise")
@@ -49,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         noise_scale=args.noise_scale,
         nopeek_weight=args.nopeek_weight,
         learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
         batch_size=args.batch_size,
         max_epochs=args.max_epochs,
         seed=args.seed,

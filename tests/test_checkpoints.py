@@ -48,6 +48,16 @@ def test_classifier_round_trip(tmp_path, images):
     assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]  # no temporary file left
 
 
+def test_the_learning_rate_schedule_travels_with_the_checkpoint(tmp_path):
+    path = save_checkpoint(SplitNN(lr_schedule="one-cycle"), tmp_path / "m.ckpt", "classifier", epoch=0)
+    assert load_classifier(path).hparams["lr_schedule"] == "one-cycle"
+    # A checkpoint written before the option existed trained at a constant rate.
+    payload = read_checkpoint(path, "classifier")
+    del payload["hyper_parameters"]["lr_schedule"]
+    torch.save(payload, path)
+    assert load_classifier(path).hparams["lr_schedule"] == "constant"
+
+
 def test_classifier_noise_override(tmp_path, images):
     path = save_checkpoint(SplitNN(noise_scale=0.0), tmp_path / "m.ckpt", "classifier", 0)
     noisy = load_classifier(path, noise=0.7)

@@ -258,6 +258,12 @@ CASES = [
         fixed("--train-size 60000", "50000"),
     ),
     Case("train_model-zero-epochs", "train_model.py", fixed("--max-epochs", "0"), fixed("--max-epochs", "positive")),
+    Case(
+        "train_model-unknown-schedule",
+        "train_model.py",
+        fixed("--lr-schedule", "cosine"),
+        fixed("--lr-schedule", "one-cycle"),
+    ),
     # train_attacker.py
     Case("train_attacker-no-model", "train_attacker.py", fixed(), fixed("--model", "required")),
     Case(

@@ -1,9 +1,12 @@
+import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from dpsnn import ClientNet, ServerNet, SplitNN, Validator
 from dpsnn.errors import ConfigError
+from dpsnn.training import make_trainer
 
 
 @pytest.fixture
@@ -91,3 +94,46 @@ def test_validator_is_a_different_classifier(images):
     validator = Validator(num_classes=10)
     assert validator(images).shape == (6, 10)
     assert not any(isinstance(layer, nn.Tanh) for layer in validator.modules())
+
+
+class LearningRates(L.Callback):
+    """Records the optimiser's learning rate before every training step."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def learning_rates(**kwargs) -> list[float]:
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.rand(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    )
+    recorder = LearningRates()
+    trainer = make_trainer(max_epochs=3, progress=False, callbacks=[recorder])
+    trainer.fit(SplitNN(learning_rate=1e-3, **kwargs), DataLoader(data, batch_size=8))
+    return recorder.seen
+
+
+def test_constant_schedule_keeps_the_learning_rate():
+    seen = learning_rates()
+    assert len(seen) == 24
+    assert seen == [1e-3] * 24
+
+
+def test_one_cycle_warms_up_to_the_learning_rate_then_anneals():
+    seen = learning_rates(lr_schedule="one-cycle")
+    assert len(seen) == 24
+    peak = seen.index(max(seen))
+    assert 0 < peak < 23
+    assert max(seen) == pytest.approx(1e-3, rel=0.05)
+    assert seen[0] < 1e-4 and seen[-1] < 1e-5
+    assert seen[: peak + 1] == sorted(seen[: peak + 1])
+    assert seen[peak:] == sorted(seen[peak:], reverse=True)
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ConfigError, match="learning-rate schedule 'cosine'"):
+        SplitNN(lr_schedule="cosine")
