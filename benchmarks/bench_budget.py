@@ -1,20 +1,24 @@
 """Is the experiment suites' training budget long enough? The undefended model against long runs.
 
-    .venv/bin/python benchmarks/bench_budget.py                    # the full budget, seed 0
+    .venv/bin/python benchmarks/bench_budget.py                    # every setting, seed 0
     .venv/bin/python benchmarks/bench_budget.py --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_budget.py --settings budget budget-one-cycle
 
 run_experiments.py trains every target model on the budget in dpsnn.experiments.suites.FULL
 so that the whole `all` suite fits in a few hours on 2 cores. This script trains the
-undefended model on that budget and on two long ones (the same data for 4x the epochs,
-and the whole 50,000-image train split for 10 epochs), scores all on the 10,000 test
-images and prints the accuracy of each beside the budget's, with standard errors over
-test images (and over seeds when several are given). Figures go to
-results/benchmarks/bench_budget.csv.
+undefended model on that budget, on the same budget with a one-cycle learning-rate
+schedule, and on two long ones (the same data for 4x the epochs, and the whole
+53,000-image train split for 10 epochs); it scores all on the 10,000 test images and
+prints the accuracy of each beside the budget's, with standard errors over test images
+(and over seeds when several are given). Figures go to results/benchmarks/bench_budget.csv,
+one row per setting: a run with --settings replaces the rows of the settings it ran and
+keeps the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from dataclasses import dataclass
 
@@ -33,6 +37,33 @@ class Setting:
     name: str
     train_size: int | None
     epochs: int
+    lr_schedule: str = "constant"
+
+
+CSV_PATH = RESULTS_DIR / "bench_budget.csv"
+
+
+def settings(long_factor: int, full_epochs: int) -> dict[str, Setting]:
+    return {
+        "budget": Setting("suite budget", FULL.train_size, FULL.model_epochs),
+        "budget-one-cycle": Setting("suite budget, one-cycle", FULL.train_size, FULL.model_epochs, "one-cycle"),
+        "long-same-data": Setting("long run, same data", FULL.train_size, FULL.model_epochs * long_factor),
+        "long-whole-split": Setting("long run, whole train split", None, full_epochs),
+    }
+
+
+def previous_rows() -> dict[str, dict[str, object]]:
+    """The rows an earlier run wrote, by setting name (none if there is no readable file)."""
+    try:
+        with CSV_PATH.open(newline="") as handle:
+            return {row["setting"]: row for row in csv.DictReader(handle)}
+    except (OSError, KeyError, csv.Error):
+        return {}
+
+
+COLUMNS = ["setting", "train_size", "epochs", "lr_schedule", "seeds", "accuracy", "accuracy_se", "seconds"]
+COLUMNS += ["budget_minus_this_points", "one_cycle_minus_this_points"]
+FLOAT_COLUMNS = {"accuracy", "accuracy_se", "seconds", "budget_minus_this_points", "one_cycle_minus_this_points"}
 
 
 def main() -> None:
@@ -41,21 +72,26 @@ def main() -> None:
     parser.add_argument("--long-factor", type=int, default=4, help="epochs of the long run on the same data, x budget")
     parser.add_argument("--full-epochs", type=int, default=10, help="epochs of the run on the whole train split")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(settings(4, 10)),
+        default=list(settings(4, 10)),
+        help="which settings to train (default: all)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = [
-        Setting("suite budget", FULL.train_size, FULL.model_epochs),
-        Setting("long run, same data", FULL.train_size, FULL.model_epochs * args.long_factor),
-        Setting("long run, whole train split", None, args.full_epochs),
-    ]
+    chosen = [settings(args.long_factor, args.full_epochs)[key] for key in args.settings]
     rows = []
-    for setting in settings:
+    for setting in chosen:
         accuracies, seconds = [], []
         for seed in args.seeds:
             splits = make_splits("fashion-mnist", seed=seed, train_size=setting.train_size, val_size=FULL.val_size)
             started = time.perf_counter()
-            model, epoch = train_classifier(splits, max_epochs=setting.epochs, seed=seed, progress=False)
+            model, epoch = train_classifier(
+                splits, max_epochs=setting.epochs, seed=seed, progress=False, lr_schedule=setting.lr_schedule
+            )
             seconds.append(time.perf_counter() - started)
             measured = evaluate_classifier(model, splits.test, seed=seed)
             accuracies.append(measured["accuracy"])
@@ -72,22 +108,39 @@ def main() -> None:
                 "setting": setting.name,
                 "train_size": setting.train_size or len(splits.train),
                 "epochs": setting.epochs,
+                "lr_schedule": setting.lr_schedule,
                 "seeds": len(args.seeds),
                 "accuracy": mean,
                 "accuracy_se": se,
                 "seconds": sum(seconds) / len(seconds),
             }
         )
-    budget = rows[0]["accuracy"]
-    print(f"\n{'setting':<28} {'images':>7} {'epochs':>6}  accuracy           budget minus this")
-    for row in rows:
+    # Rows of settings not run this time come from the previous file, so the table stays whole.
+    measured = {row["setting"]: row for row in rows}
+    kept = previous_rows()
+    table = []
+    for setting in settings(args.long_factor, args.full_epochs).values():
+        row = measured.get(setting.name) or kept.get(setting.name)
+        if row is not None:
+            row = {**row, "lr_schedule": row.get("lr_schedule") or "constant"}
+            table.append({k: float(v) if k in FLOAT_COLUMNS and v not in ("", None) else v for k, v in row.items()})
+    budgets = {row["setting"]: row["accuracy"] for row in table if row["setting"].startswith("suite budget")}
+    print(
+        f"\n{'setting':<28} {'images':>7} {'epochs':>6}  accuracy          "
+        + "".join(f"  {'budget' if name == 'suite budget' else 'one-cycle'} minus this" for name in budgets)
+    )
+    for row in table:
+        differences = {name: 100 * (accuracy - row["accuracy"]) for name, accuracy in budgets.items()}
         print(
             f"{row['setting']:<28} {row['train_size']:>7} {row['epochs']:>6}  "
-            f"{row['accuracy']:.4f} ± {row['accuracy_se']:.4f}   {100 * (budget - row['accuracy']):+.2f} points"
+            f"{row['accuracy']:.4f} ± {row['accuracy_se']:.4f}"
+            + "".join(f"  {difference:+17.2f}" for difference in differences.values())
+            + ("" if row["setting"] in measured else "   (earlier run)")
         )
-        row["budget_minus_this_points"] = 100 * (budget - row["accuracy"])
-    write_csv(RESULTS_DIR / "bench_budget.csv", rows)
-    print(f"wrote {RESULTS_DIR / 'bench_budget.csv'}")
+        row["budget_minus_this_points"] = differences.get("suite budget", "")
+        row["one_cycle_minus_this_points"] = differences.get("suite budget, one-cycle", "")
+    write_csv(CSV_PATH, [{column: row.get(column, "") for column in COLUMNS} for row in table])
+    print(f"wrote {CSV_PATH}")
 
 
 if __name__ == "__main__":
