@@ -6,9 +6,9 @@
 
 run_experiments.py trains every target model on the budget in dpsnn.experiments.suites.FULL
 so that the whole `all` suite fits in a few hours on 2 cores. This script trains the
-undefended model on that budget, on the same budget with a one-cycle learning-rate
-schedule, and on two long ones (the same data for 4x the epochs, and the whole
-53,000-image train split for 10 epochs); it scores all on the 10,000 test images and
+undefended model on that budget and on long runs (the same data for 4x the epochs, and
+the whole 53,000-image train split for 10 epochs), each at the suites' constant learning
+rate and with a one-cycle schedule (peak --one-cycle-lr); it scores all on the 10,000 test images and
 prints the accuracy of each beside the budget's, with standard errors over test images
 (and over seeds when several are given). Figures go to results/benchmarks/bench_budget.csv,
 one row per setting: a run with --settings replaces the rows of the settings it ran and
@@ -38,17 +38,24 @@ class Setting:
     train_size: int | None
     epochs: int
     lr_schedule: str = "constant"
+    learning_rate: float = 1e-3  # the suites' rate; with one-cycle, the peak
 
 
 CSV_PATH = RESULTS_DIR / "bench_budget.csv"
 
 
-def settings(long_factor: int, full_epochs: int) -> dict[str, Setting]:
+def settings(long_factor: int = 4, full_epochs: int = 10, one_cycle_lr: float = 3e-3) -> dict[str, Setting]:
+    """The settings by command-line key. Long runs are measured with both schedules, so that
+    the budget is compared with the best a long run reaches, not with a weak one."""
+    budget, long, whole = FULL.model_epochs, FULL.model_epochs * long_factor, full_epochs
+    one_cycle = {"lr_schedule": "one-cycle", "learning_rate": one_cycle_lr}
     return {
-        "budget": Setting("suite budget", FULL.train_size, FULL.model_epochs),
-        "budget-one-cycle": Setting("suite budget, one-cycle", FULL.train_size, FULL.model_epochs, "one-cycle"),
-        "long-same-data": Setting("long run, same data", FULL.train_size, FULL.model_epochs * long_factor),
-        "long-whole-split": Setting("long run, whole train split", None, full_epochs),
+        "budget": Setting("suite budget", FULL.train_size, budget),
+        "budget-one-cycle": Setting("suite budget, one-cycle", FULL.train_size, budget, **one_cycle),
+        "long-same-data": Setting("long run, same data", FULL.train_size, long),
+        "long-same-data-one-cycle": Setting("long run, same data, one-cycle", FULL.train_size, long, **one_cycle),
+        "long-whole-split": Setting("long run, whole train split", None, whole),
+        "long-whole-split-one-cycle": Setting("long run, whole split, one-cycle", None, whole, **one_cycle),
     }
 
 
@@ -61,9 +68,20 @@ def previous_rows() -> dict[str, dict[str, object]]:
         return {}
 
 
-COLUMNS = ["setting", "train_size", "epochs", "lr_schedule", "seeds", "accuracy", "accuracy_se", "seconds"]
-COLUMNS += ["budget_minus_this_points", "one_cycle_minus_this_points"]
-FLOAT_COLUMNS = {"accuracy", "accuracy_se", "seconds", "budget_minus_this_points", "one_cycle_minus_this_points"}
+COLUMNS = [
+    "setting",
+    "train_size",
+    "epochs",
+    "lr_schedule",
+    "learning_rate",
+    "seeds",
+    "accuracy",
+    "accuracy_se",
+    "seconds",
+    "budget_minus_this_points",
+    "one_cycle_minus_this_points",
+]
+FLOAT_COLUMNS = {"learning_rate", "accuracy", "accuracy_se", "seconds"} | set(COLUMNS[-2:])
 
 
 def main() -> None:
@@ -71,18 +89,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--long-factor", type=int, default=4, help="epochs of the long run on the same data, x budget")
     parser.add_argument("--full-epochs", type=int, default=10, help="epochs of the run on the whole train split")
+    parser.add_argument("--one-cycle-lr", type=float, default=3e-3, help="peak learning rate of the one-cycle runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--settings",
         nargs="+",
-        choices=list(settings(4, 10)),
-        default=list(settings(4, 10)),
+        choices=list(settings()),
+        default=list(settings()),
         help="which settings to train (default: all)",
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    chosen = [settings(args.long_factor, args.full_epochs)[key] for key in args.settings]
+    every = settings(args.long_factor, args.full_epochs, args.one_cycle_lr)
+    chosen = [every[key] for key in args.settings]
     rows = []
     for setting in chosen:
         accuracies, seconds = [], []
@@ -90,13 +110,18 @@ def main() -> None:
             splits = make_splits("fashion-mnist", seed=seed, train_size=setting.train_size, val_size=FULL.val_size)
             started = time.perf_counter()
             model, epoch = train_classifier(
-                splits, max_epochs=setting.epochs, seed=seed, progress=False, lr_schedule=setting.lr_schedule
+                splits,
+                max_epochs=setting.epochs,
+                seed=seed,
+                progress=False,
+                lr_schedule=setting.lr_schedule,
+                learning_rate=setting.learning_rate,
             )
             seconds.append(time.perf_counter() - started)
             measured = evaluate_classifier(model, splits.test, seed=seed)
             accuracies.append(measured["accuracy"])
             print(
-                f"{setting.name:<28} seed {seed}: {len(splits.train)} images x {setting.epochs} epochs "
+                f"{setting.name:<33} seed {seed}: {len(splits.train)} images x {setting.epochs} epochs "
                 f"(best epoch {epoch + 1}): test accuracy {measured['accuracy']:.4f} ± {measured['accuracy_se']:.4f}"
                 f" in {seconds[-1]:.0f} s",
                 flush=True,
@@ -109,6 +134,7 @@ def main() -> None:
                 "train_size": setting.train_size or len(splits.train),
                 "epochs": setting.epochs,
                 "lr_schedule": setting.lr_schedule,
+                "learning_rate": setting.learning_rate,
                 "seeds": len(args.seeds),
                 "accuracy": mean,
                 "accuracy_se": se,
@@ -119,20 +145,21 @@ def main() -> None:
     measured = {row["setting"]: row for row in rows}
     kept = previous_rows()
     table = []
-    for setting in settings(args.long_factor, args.full_epochs).values():
+    for setting in every.values():
         row = measured.get(setting.name) or kept.get(setting.name)
         if row is not None:
-            row = {**row, "lr_schedule": row.get("lr_schedule") or "constant"}
+            # Files from before the schedule option hold constant-rate runs at 1e-3.
+            row = {"lr_schedule": "constant", "learning_rate": 1e-3, **{k: v for k, v in row.items() if v != ""}}
             table.append({k: float(v) if k in FLOAT_COLUMNS and v not in ("", None) else v for k, v in row.items()})
     budgets = {row["setting"]: row["accuracy"] for row in table if row["setting"].startswith("suite budget")}
     print(
-        f"\n{'setting':<28} {'images':>7} {'epochs':>6}  accuracy          "
+        f"\n{'setting':<33} {'images':>7} {'epochs':>6}  accuracy          "
         + "".join(f"  {'budget' if name == 'suite budget' else 'one-cycle'} minus this" for name in budgets)
     )
     for row in table:
         differences = {name: 100 * (accuracy - row["accuracy"]) for name, accuracy in budgets.items()}
         print(
-            f"{row['setting']:<28} {row['train_size']:>7} {row['epochs']:>6}  "
+            f"{row['setting']:<33} {row['train_size']:>7} {row['epochs']:>6}  "
             f"{row['accuracy']:.4f} ± {row['accuracy_se']:.4f}"
             + "".join(f"  {difference:+17.2f}" for difference in differences.values())
             + ("" if row["setting"] in measured else "   (earlier run)")
