@@ -5,19 +5,19 @@
 
 Run it after `scripts/run_experiments.py` has changed the results. Each notebook runs top
 to bottom in its own folder; it is rewritten only if every cell succeeded, so a failing
-notebook keeps its previous outputs and the script exits with one line naming the cell.
+notebook keeps its previous outputs and the script exits with one line naming the notebook
+and its error.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpsnn.cli import ArgumentParser, run
+from dpsnn.cli import ArgumentParser, positive_int, run
 from dpsnn.errors import DpsnnError
+from dpsnn.files import atomic_path
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -25,7 +25,7 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 def execute_in_place(path: Path, timeout: int) -> None:
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -36,23 +36,19 @@ def execute_in_place(path: Path, timeout: int) -> None:
         client.execute(stderr=subprocess.DEVNULL)
     except CellExecutionError as error:
         raise DpsnnError(f"{path.name} failed, left unchanged: {error.ename}: {error.evalue}") from None
+    except (CellTimeoutError, DeadKernelError) as error:
+        raise DpsnnError(f"{path.name} failed, left unchanged: {type(error).__name__}") from None
     for cell in notebook.cells:
         # Timings would make every re-run a diff.
         cell.metadata.pop("execution", None)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            nbformat.write(notebook, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as partial:
+        nbformat.write(notebook, str(partial))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds one cell may take")
+    parser.add_argument("--timeout", type=positive_int, default=600, help="seconds one cell may take")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
     for path in paths:

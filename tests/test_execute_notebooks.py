@@ -52,6 +52,20 @@ def test_a_failing_notebook_is_left_unchanged_with_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_a_cell_past_the_timeout_gives_one_line_and_no_change(tmp_path):
+    path = tmp_path / "slow.ipynb"
+    write_notebook(path, "import time; time.sleep(60)")
+    before = path.read_bytes()
+
+    result = execute(str(path), "--timeout", "2")
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "execute_notebooks.py: error: slow.ipynb failed, left unchanged: CellTimeoutError"
+    ]
+    assert path.read_bytes() == before
+
+
 def test_a_path_that_is_not_a_notebook_gives_one_line(tmp_path):
     missing = tmp_path / "missing.ipynb"
     result = execute(str(missing))
