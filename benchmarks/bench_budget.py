@@ -38,7 +38,7 @@ class Setting:
     train_size: int | None
     epochs: int
     lr_schedule: str = "constant"
-    learning_rate: float = 1e-3  # the suites' rate; with one-cycle, the peak
+    learning_rate: float = FULL.learning_rate  # with one-cycle, the peak
 
 
 CSV_PATH = RESULTS_DIR / "bench_budget.csv"
@@ -112,6 +112,7 @@ def main() -> None:
             model, epoch = train_classifier(
                 splits,
                 max_epochs=setting.epochs,
+                batch_size=FULL.batch_size,
                 seed=seed,
                 progress=False,
                 lr_schedule=setting.lr_schedule,
@@ -148,8 +149,9 @@ def main() -> None:
     for setting in every.values():
         row = measured.get(setting.name) or kept.get(setting.name)
         if row is not None:
-            # Files from before the schedule option hold constant-rate runs at 1e-3.
-            row = {"lr_schedule": "constant", "learning_rate": 1e-3, **{k: v for k, v in row.items() if v != ""}}
+            # Files from before the schedule option hold constant-rate runs at the suites' rate.
+            filled = {k: v for k, v in row.items() if v != ""}
+            row = {"lr_schedule": "constant", "learning_rate": FULL.learning_rate, **filled}
             table.append({k: float(v) if k in FLOAT_COLUMNS and v not in ("", None) else v for k, v in row.items()})
     budgets = {row["setting"]: row["accuracy"] for row in table if row["setting"].startswith("suite budget")}
     print(

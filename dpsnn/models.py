@@ -81,7 +81,7 @@ class _Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
-        # Checkpoints from before the option existed trained at a constant rate.
+        # The Validator has no schedule option: it always trains at a constant rate.
         if self.hparams.get("lr_schedule", "constant") == "constant":
             return optimizer
         # One cycle: warm up to the learning rate, then anneal to almost zero by the last step.
