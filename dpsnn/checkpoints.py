@@ -9,11 +9,12 @@ never runs code from it; a file that needs more than plain data is refused. Exam
 
     target = load_classifier("models/classifiers/demo_05noise_01nopeek_epoch=01.ckpt")
     post_noise = load_classifier(path, noise=1.0)  # switch the wire noise on at inference
+    mine = load_classifier(path, client=my_client, server=my_server)  # a split of your own modules
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ import torch
 from torch import nn
 
 from dpsnn.attacks.inversion import InversionAttacker
+from dpsnn.defences import Defence
+from dpsnn.defences.base import format_number
 from dpsnn.errors import CheckpointError
 from dpsnn.files import atomic_path
-from dpsnn.models import SplitNN, Validator
+from dpsnn.models import CUSTOM, DefenceLike, SplitNN, Validator
 
 FORMAT_VERSION = 1
 MODELS_DIR = Path("models")
@@ -40,19 +43,25 @@ _KINDS: dict[str, type[L.LightningModule]] = {
 }
 
 
-def format_number(value: float) -> str:
-    """The file-name form of a number: ``0.5 -> '05'``, ``1.0 -> '1'``, ``0.25 -> '025'``."""
-    return f"{value:g}".replace(".", "")
+__all__ = ["format_number", "load_attacker", "load_classifier", "load_validator", "save_checkpoint"]
 
 
-def classifier_filename(saveas: str, noise_scale: float, nopeek_weight: float, epoch: int) -> str:
-    return f"{saveas}_{format_number(noise_scale)}noise_{format_number(nopeek_weight)}nopeek_epoch={epoch:02d}{SUFFIX}"
+def classifier_filename(saveas: str, defences: Sequence[Defence], epoch: int, architecture: str = "reference") -> str:
+    """``<saveas>[_<architecture>]_<key>_<key>_epoch=XX.ckpt``: ``demo_05noise_01nopeek_epoch=03.ckpt``.
+
+    Every defence given is named, at zero strength too (the reference's ``0noise``); the
+    architecture is named unless it is the reference network.
+    """
+    parts = [saveas]
+    if architecture != "reference":
+        parts.append(architecture.replace(":", "-"))
+    parts += [d.key() for d in defences]
+    return f"{'_'.join(parts)}_epoch={epoch:02d}{SUFFIX}"
 
 
-def attacker_filename(target_stem: str, noise_scale: float, aux_dataset: str, aux_size: int, epoch: int) -> str:
-    return (
-        f"{target_stem}_attacker_{format_number(noise_scale)}noise_{aux_dataset}{aux_size}aux_epoch={epoch:02d}{SUFFIX}"
-    )
+def attacker_filename(target_stem: str, wire_key: str, aux_dataset: str, aux_size: int, epoch: int) -> str:
+    """``<target>_attacker_<wire>_<aux-dataset><N>aux_epoch=XX.ckpt``; ``wire_key`` names the wire (``05noise``)."""
+    return f"{target_stem}_attacker_{wire_key}_{aux_dataset}{aux_size}aux_epoch={epoch:02d}{SUFFIX}"
 
 
 def _plain(value: Any) -> bool:
@@ -116,6 +125,11 @@ def _load(path: str | Path, kind: str, model: nn.Module | None = None, **overrid
     payload = read_checkpoint(path, kind)
     hyper_parameters = {**payload["hyper_parameters"], **overrides}
     if model is None:
+        if hyper_parameters.get("architecture") == CUSTOM and "client" not in overrides:
+            raise CheckpointError(
+                f"{path} holds a split of the user's own modules; load it with "
+                "load_classifier(path, client=my_client, server=my_server)"
+            )
         try:
             model = _KINDS[kind](**hyper_parameters)
         except (TypeError, ValueError) as error:
@@ -134,12 +148,25 @@ def _load(path: str | Path, kind: str, model: nn.Module | None = None, **overrid
     return model
 
 
-def load_classifier(path: str | Path, noise: float | None = None, model: SplitNN | None = None) -> SplitNN:
-    """Load a :class:`SplitNN` checkpoint; ``noise`` replaces the wire noise it was trained with.
+def load_classifier(
+    path: str | Path,
+    noise: float | None = None,
+    model: SplitNN | None = None,
+    client: nn.Module | None = None,
+    server: nn.Module | None = None,
+    wire: Iterable[DefenceLike] | None = None,
+) -> SplitNN:
+    """Load a :class:`SplitNN` checkpoint.
 
-    Pass ``model`` to load into a split network with custom client or server modules.
+    A registered architecture is rebuilt from the checkpoint; a split of your own
+    modules loads into the ``client`` and ``server`` you pass (or into ``model``).
+    ``wire`` replaces the wire defences it was trained with (e.g. ``["laplace:scale=1"]``:
+    noise switched on after training); ``noise`` is the same for Laplace noise alone.
     """
-    loaded = _load(path, "classifier", model)
+    overrides = {"client": client, "server": server} if client is not None or server is not None else {}
+    loaded = _load(path, "classifier", model, **overrides)
+    if wire is not None:
+        loaded.set_wire(wire)
     if noise is not None:
         loaded.set_noise(noise)
     return loaded

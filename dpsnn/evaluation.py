@@ -1,4 +1,4 @@
-"""Measure a defended model and an attack on it, on the target's test split.
+"""Score a defended model, and an attack's result against the truth beside its baseline.
 
 Every number comes with its standard error: over images for per-image metrics, over
 batches of :data:`~dpsnn.metrics.DCOR_BATCH_SIZE` for distance correlation. Example::
@@ -12,72 +12,70 @@ batches of :data:`~dpsnn.metrics.DCOR_BATCH_SIZE` for distance correlation. Exam
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 
-from dpsnn.attacks.baseline import LabelOnlyBaseline
-from dpsnn.attacks.inversion import InversionAttacker, what_server_sees
+from dpsnn.attacks.base import Observation, attack_from, observe
 from dpsnn.data import Split
-from dpsnn.metrics import mean_and_se, per_batch_dcor, per_image_correct, reconstruction_metrics, summarise
-from dpsnn.models import SplitNN, Validator, predict
+from dpsnn.metrics import mean_and_se, per_batch_dcor, per_image_correct, summarise
+from dpsnn.models import SplitNN, Validator
 
 
 def evaluate_classifier(model: SplitNN, test: Split, seed: int = 0) -> dict[str, float]:
     """Test accuracy and dCor(x, what the server sees), each with its standard error."""
     test.require("test")
-    torch.manual_seed(seed)  # fixes the wire noise
-    seen = what_server_sees(model, test.images)
-    correct = (predict(model.server, seen) == test.labels).float()
+    observation = observe(model, test.images, seed)
+    correct = (observation.predicted == test.labels).float()
     row = {"n_test": len(test)}
     row["accuracy"], row["accuracy_se"] = mean_and_se(correct)
-    row["dcor"], row["dcor_se"] = mean_and_se(per_batch_dcor(test.images, seen))
+    row["dcor"], row["dcor_se"] = mean_and_se(per_batch_dcor(test.images, observation.seen))
     return row
 
 
-@torch.no_grad()
-def decode(attacker: InversionAttacker, seen: Tensor, batch_size: int = 512) -> Tensor:
-    """The attacker's reconstructions of the images behind ``seen``, on the CPU."""
-    attacker.eval()
-    device = next(attacker.parameters()).device
-    return torch.cat([attacker(chunk.to(device)).cpu() for chunk in seen.split(batch_size)])
+def baseline_of(result: Any, target: SplitNN, aux: Split, observation: Observation, seed: int = 0) -> Any:
+    """The result of the baseline attack ``result``'s type names, on the same observation."""
+    return attack_from(type(result).baseline).fit(target, aux, seed=seed).run(observation)
 
 
-def reconstruct(
-    target: SplitNN, attacker: InversionAttacker, images: Tensor, baseline: LabelOnlyBaseline, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """Attack reconstructions and label-only guesses of ``images``, from what the server sees."""
-    torch.manual_seed(seed)
-    seen = what_server_sees(target, images)
-    return decode(attacker, seen), baseline(predict(target.server, seen))
+def score(result: Any, baseline: Any, test: Split, validator: Validator | None = None) -> dict[str, float]:
+    """``attack_<m>``, ``baseline_<m>`` and their paired gap ``gap_<m>``, each with a ``_se`` twin."""
+    attack = result.measure(test, validator)
+    reference = baseline.measure(test, validator)
+    row: dict[str, float] = {}
+    row |= summarise("attack_", attack)
+    row |= summarise("baseline_", reference)
+    row |= summarise("gap_", {name: attack[name] - reference[name] for name in attack})
+    return row
+
+
+def reconstruct(target: SplitNN, attacker: Any, images: Tensor, baseline: Any, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Attack reconstructions and label-only guesses of ``images``, from one recording of what the server sees."""
+    observation = observe(target, images, seed)
+    return attacker.run(observation).images, baseline.run(observation).images
 
 
 def evaluate_attack(
     target: SplitNN,
-    attacker: InversionAttacker,
+    attacker: Any,
     test: Split,
     aux: Split,
-    num_classes: int | None = None,
     validator: Validator | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Reconstruction metrics of the attack and of the label-only baseline, and their gap.
+    """Run a fitted attack on what the server sees of ``test`` and score it beside its baseline.
 
-    The attack decodes what the server sees of each test image (noise included). The
-    baseline guesses the mean ``aux`` image of the class the server predicts. Keys are
-    ``attack_<m>``, ``baseline_<m>`` and ``gap_<m>`` (attack minus baseline, paired per
-    image or batch) for m in mse, psnr, ssim, dcor and, with a ``validator``,
-    validator_acc; each has a ``_se`` twin.
+    The baseline (for reconstructions, the mean ``aux`` image of the class the server
+    predicts) runs on the same recording. Keys are ``attack_<m>``, ``baseline_<m>`` and
+    ``gap_<m>`` (attack minus baseline, paired per image or batch) for every metric the
+    result type names (for reconstructions: mse, psnr, ssim, dcor and, with a
+    ``validator``, validator_acc); each has a ``_se`` twin.
     """
     test.require("test")
-    num_classes = num_classes or int(target.hparams.get("num_classes", 10))
-    baseline = LabelOnlyBaseline.fit(aux.images, aux.labels, num_classes)
-    reconstructions, guesses = reconstruct(target, attacker, test.images, baseline, seed)
-    attack = reconstruction_metrics(reconstructions, test.images, test.labels, validator)
-    label_only = reconstruction_metrics(guesses, test.images, test.labels, validator)
-    row: dict[str, float] = {"n_test": len(test), "n_aux_baseline": len(aux)}
-    row |= summarise("attack_", attack)
-    row |= summarise("baseline_", label_only)
-    row |= summarise("gap_", {name: attack[name] - label_only[name] for name in attack})
+    observation = observe(target, test.images, seed)
+    result = attacker.run(observation)
+    row: dict[str, Any] = {"n_test": len(test), "n_aux_baseline": len(aux)}
+    row |= score(result, baseline_of(result, target, aux, observation, seed), test, validator)
     if validator is not None:
         row["validator_acc_originals"], row["validator_acc_originals_se"] = mean_and_se(
             per_image_correct(validator, test.images, test.labels)

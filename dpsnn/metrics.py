@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from dpsnn.defences.nopeek import distance_correlation
-from dpsnn.models import predict
+from dpsnn.inference import predict
+from dpsnn.stats import distance_correlation
 
 DCOR_BATCH_SIZE = 256  # dCor is a batch statistic: every script measures it at this size
 

@@ -1,17 +1,21 @@
-"""The split network and the independent Validator classifier.
+"""The split network, composing an architecture with defences, and the independent Validator.
 
 Example::
 
     from dpsnn import SplitNN
 
-    model = SplitNN(noise_scale=0.5, nopeek_weight=0.1)
+    model = SplitNN("reference", defences=["laplace:scale=0.5", "nopeek:weight=0.1"])
     what_server_sees = model.encode(images)  # (N, 500), noise included
     logits = model(images)                   # (N, 10)
-    model.set_noise(1.0)                     # change the wire noise of a trained model
+    model.set_wire(["laplace:scale=1"])      # other wire noise on a trained model
+
+    cifar = SplitNN("resnet18:2", input_shape=(3, 32, 32), num_classes=10)
+    mine = SplitNN(client=my_client, server=my_server, input_shape=(3, 32, 32))
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -19,46 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpsnn.defences.noise import LaplaceNoise, check_scale
-from dpsnn.defences.nopeek import NoPeekLoss, distance_correlation
+from dpsnn.architectures import ClientNet, ServerNet, build_split, canonical_architecture, check_input_shape
+from dpsnn.defences import Defence, Laplace, NoPeek, canonical, check, defence_from, normalise
 from dpsnn.errors import ConfigError
+from dpsnn.stats import distance_correlation
 
-INTERMEDIATE_SIZE = 500
-
+__all__ = ["ClientNet", "LR_SCHEDULES", "ServerNet", "SplitNN", "Validator"]
 
 #: ``constant``: Adam at ``learning_rate`` throughout; ``one-cycle``: warm up to it, then anneal.
 LR_SCHEDULES = ("constant", "one-cycle")
-
-
-class ClientNet(nn.Sequential):
-    """The data holder's layers: two convolutions, max-pool, a linear map to 500, tanh."""
-
-    def __init__(self, intermediate_size: int = INTERMEDIATE_SIZE) -> None:
-        super().__init__(
-            nn.Conv2d(1, 32, kernel_size=3),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(64 * 12 * 12, intermediate_size),
-            nn.Tanh(),
-        )
-
-
-class ServerNet(nn.Sequential):
-    """The computation server's layers: 500 to 128, ReLU, 128 to the class logits."""
-
-    def __init__(self, num_classes: int = 10, intermediate_size: int = INTERMEDIATE_SIZE) -> None:
-        super().__init__(
-            nn.Linear(intermediate_size, 128),
-            nn.ReLU(),
-            nn.Linear(128, num_classes),
-        )
+CUSTOM = "custom"  # the architecture name of a split built from the user's own modules
+DefenceLike = Defence | str | Mapping[str, Any]
 
 
 class _Classifier(L.LightningModule):
-    """One shared step for training, validation and test; subclasses define ``_step``."""
+    """One shared step for training, validation and test; subclasses define ``_step``.
+
+    The training batches come from :meth:`use_train_loader`; :meth:`configure_optimizers`
+    lets the subclass wrap the optimiser and that loader (DP-SGD replaces both).
+    """
+
+    _train_loader: Any = None
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -79,8 +64,21 @@ class _Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
 
+    def use_train_loader(self, loader: Any) -> None:
+        """The batches to train on (``trainer.fit`` then needs no train loader)."""
+        self._train_loader = loader
+
+    def train_dataloader(self) -> Any:
+        if self._train_loader is None:
+            raise ConfigError(f"{type(self).__name__} has no training data: call use_train_loader(loader) first")
+        return self._train_loader
+
+    def _wrap(self, optimizer: torch.optim.Optimizer, loader: Any) -> tuple[torch.optim.Optimizer, Any]:
+        return optimizer, loader
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        optimizer, self._train_loader = self._wrap(optimizer, self._train_loader)
         # The Validator has no schedule option: it always trains at a constant rate.
         if self.hparams.get("lr_schedule", "constant") == "constant":
             return optimizer
@@ -91,66 +89,128 @@ class _Classifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-class SplitNN(_Classifier):
-    """A split network with defences on the wire.
+def _with_legacy(
+    defences: Iterable[DefenceLike], noise_scale: float | None, nopeek_weight: float | None
+) -> list[Defence]:
+    """The defences, with the reference interface's ``noise_scale`` and ``nopeek_weight`` as specs."""
+    specs = [defence_from(d) for d in defences]
+    if noise_scale is not None:
+        specs.append(Laplace(scale=noise_scale))
+    if nopeek_weight is not None:
+        specs.append(NoPeek(weight=nopeek_weight))
+    return specs
 
-    ``client`` runs on the data holder, ``server`` on the computation server; between
-    them the intermediate tensor ``h`` passes through :class:`LaplaceNoise`, and the
-    training loss is :class:`NoPeekLoss` (cross-entropy plus ``nopeek_weight`` times
-    dCor(x, h)). Custom ``client``/``server`` modules may be passed; checkpoints of the
-    default architecture are rebuilt from their hyperparameters alone.
+
+class Wire(nn.Sequential):
+    """The modules every tensor passes through between client and server, in order."""
+
+
+class SplitNN(_Classifier):
+    """A split network: a client part, defences on the wire and in the loss, a server part.
+
+    ``architecture`` names a registered split (:mod:`dpsnn.architectures`) built for
+    ``input_shape`` and ``num_classes``; or pass ``client`` and ``server`` modules of your
+    own. ``defences`` are registered specs, their command-line strings
+    (``"laplace:scale=0.5"``) or plain dicts; ``noise_scale`` and ``nopeek_weight`` are the
+    reference interface's shorthand for the ``laplace`` and ``nopeek`` specs. A checkpoint
+    of a registered architecture rebuilds from its hyperparameters alone; one of custom
+    modules loads into modules you pass (:func:`dpsnn.load_classifier`).
     """
 
     def __init__(
         self,
-        noise_scale: float = 0.0,
-        nopeek_weight: float = 0.0,
+        architecture: str = "reference",
+        defences: Iterable[DefenceLike] = (),
         learning_rate: float = 1e-3,
         num_classes: int = 10,
+        input_shape: Sequence[int] = (1, 28, 28),
         client: nn.Module | None = None,
         server: nn.Module | None = None,
         lr_schedule: str = "constant",
+        noise_scale: float | None = None,
+        nopeek_weight: float | None = None,
         **metadata: Any,
     ) -> None:
         super().__init__()
-        noise_scale = check_scale(noise_scale)
-        nopeek_weight = check_scale(nopeek_weight, "NoPeek weight")
+        specs = normalise(check(_with_legacy(defences, noise_scale, nopeek_weight)))
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown learning-rate schedule {lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        # ``metadata`` (dataset, seed, ...) travels with the checkpoint.
-        self.save_hyperparameters(ignore=["client", "server"])
-        self.client = client if client is not None else ClientNet()
-        self.wire = LaplaceNoise(noise_scale)
-        self.server = server if server is not None else ServerNet(num_classes)
-        self.loss_fn = NoPeekLoss(nopeek_weight)
+        input_shape = check_input_shape(input_shape)
+        if (client is None) != (server is None):
+            raise ConfigError("pass both a client and a server module, or neither (then an architecture is built)")
+        if client is None:
+            architecture = canonical_architecture(architecture)
+            client, server = build_split(architecture, input_shape, num_classes)
+        else:
+            architecture = CUSTOM
+        # Plain data only: the checkpoint rebuilds the model from these (``metadata``: dataset, seed, ...).
+        self.save_hyperparameters(
+            {
+                "architecture": architecture,
+                "defences": [d.to_dict() for d in specs],
+                "learning_rate": float(learning_rate),
+                "num_classes": int(num_classes),
+                "input_shape": list(input_shape),
+                "lr_schedule": lr_schedule,
+                **metadata,
+            }
+        )
+        self.defences: tuple[Defence, ...] = specs
+        self.client = client
+        self.server = server
+        self.set_wire(specs)
+
+    @property
+    def wire_defences(self) -> tuple[Defence, ...]:
+        """The defences on the wire now (those it was trained with, unless :meth:`set_wire` changed them)."""
+        return self._wire_defences
+
+    def set_wire(self, defences: Iterable[DefenceLike]) -> None:
+        """Put the wire defences of ``defences`` on the wire, e.g. noise switched on after training.
+
+        Defences without a wire module (NoPeek) are ignored; ``hparams`` keep what the
+        model was trained with.
+        """
+        specs = normalise(check([defence_from(d) for d in defences]))
+        self._wire_defences = tuple(d for d in specs if d.wire() is not None)
+        self.wire = Wire(*(d.wire() for d in self._wire_defences))
+
+    def set_noise(self, scale: float) -> None:
+        """Replace the wire with Laplace noise of ``scale`` (the reference interface's post-training noise)."""
+        self.set_wire([Laplace(scale=scale)])
+
+    def trained_with(self) -> str:
+        """The canonical string of the defences the model was trained with."""
+        return canonical(self.defences)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Exactly what the server receives: the client's output with the wire noise."""
+        """Exactly what the server receives: the client's output after the wire defences."""
         return self.wire(self.client(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (no softmax)."""
         return self.server(self.encode(x))
 
-    def set_noise(self, scale: float) -> None:
-        """Change the noise on the wire, e.g. to add noise only at inference.
-
-        ``hparams.noise_scale`` keeps the scale the model was trained with.
-        """
-        self.wire.scale = scale
+    def _wrap(self, optimizer: torch.optim.Optimizer, loader: Any) -> tuple[torch.optim.Optimizer, Any]:
+        for defence in self.defences:
+            optimizer, loader = defence.wrap(self.client, optimizer, loader)
+        return optimizer, loader
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         x, y = batch
         h = self.client(x)
         what_server_sees = self.wire(h)
         logits = self.server(what_server_sees)
-        terms = self.loss_fn.terms(x, h, logits, y)
+        cross_entropy = F.cross_entropy(logits, y)
+        terms: dict[str, Tensor] = {}
+        for defence in self.defences:
+            terms |= defence.loss_terms(x, h, logits, y)
         measured = {
-            "loss": terms["loss"],
+            "loss": cross_entropy + sum(terms.values()),
             "acc": (logits.argmax(dim=1) == y).float().mean(),
         }
         if self.training:
-            measured["nopeek_dcor"] = terms["dcor"]
+            measured |= {"cross_entropy": cross_entropy, **terms}
         else:
             # Leakage of the wire, measured on what the server actually sees.
             measured["dcor"] = distance_correlation(x, what_server_sees)
@@ -162,21 +222,27 @@ class Validator(_Classifier):
 
     Its architecture differs from the split network's, and it is trained on images that
     are never scored, so its accuracy on a reconstruction says how much of the class a
-    human-free judge can still read from it.
+    human-free judge can still read from it. It is built for any ``image_shape``.
     """
 
-    def __init__(self, num_classes: int = 10, learning_rate: float = 1e-3, **metadata: Any) -> None:
+    def __init__(
+        self, num_classes: int = 10, learning_rate: float = 1e-3, image_shape: Sequence[int] = (1, 28, 28), **metadata
+    ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        channels, height, width = check_input_shape(image_shape)
+        self.save_hyperparameters(
+            {"num_classes": num_classes, "learning_rate": learning_rate, "image_shape": [channels, height, width]}
+            | metadata
+        )
         self.net = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=5, padding=2),
+            nn.Conv2d(channels, 16, kernel_size=5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(16, 32, kernel_size=5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, 128),
+            nn.Linear(32 * (height // 4) * (width // 4), 128),
             nn.ReLU(),
             nn.Linear(128, num_classes),
         )
@@ -188,11 +254,3 @@ class Validator(_Classifier):
         x, y = batch
         logits = self(x)
         return {"loss": F.cross_entropy(logits, y), "acc": (logits.argmax(dim=1) == y).float().mean()}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """Class predictions of ``model`` for ``images``, batch by batch, on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(chunk.to(device)).argmax(dim=1).cpu() for chunk in images.split(batch_size)])

@@ -1,4 +1,4 @@
-"""The label-only baseline.
+"""The label-only baseline (the ``label-only`` attack).
 
 The server learns each input's label anyway (it computes it). An attacker that knows
 only the label can do no better than the mean auxiliary image of that class; an
@@ -6,18 +6,31 @@ inversion attack is worth something only by its gap to this baseline. Example::
 
     baseline = LabelOnlyBaseline.fit(aux_images, aux_labels, num_classes=10)
     guesses = baseline(predicted_labels)
+    LabelOnly().fit(target, splits.aux).run(observe(target, test_images)).images   # the same, as an attack
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from dataclasses import dataclass
+from typing import Any
 
+import torch
+from torch import Tensor, nn
+
+from dpsnn.attacks.base import (
+    DEFAULT_TRAINING,
+    Attack,
+    AttackTraining,
+    Observation,
+    Reconstructions,
+    ThreatModel,
+    register_attack,
+)
 from dpsnn.errors import DataError
 
 
 class LabelOnlyBaseline:
-    """Class-mean images of the attacker's auxiliary data."""
+    """Class-mean images of the attacker's auxiliary data; the fitted ``label-only`` attack."""
 
     def __init__(self, class_means: Tensor) -> None:
         self.class_means = class_means
@@ -37,3 +50,21 @@ class LabelOnlyBaseline:
 
     def __call__(self, predicted_labels: Tensor) -> Tensor:
         return self.class_means[predicted_labels.cpu()]
+
+    def run(self, observation: Observation) -> Reconstructions:
+        """The class-mean image of each label the server predicted."""
+        return Reconstructions(self(observation.predicted))
+
+
+@register_attack("label-only")
+@dataclass(frozen=True)
+class LabelOnly(Attack):
+    """Guess the mean auxiliary image of the predicted class: what the label alone gives away."""
+
+    threat_model = ThreatModel(predicted_labels=True, aux_data=True)
+
+    def fit(
+        self, target: nn.Module, aux: Any, training: AttackTraining = DEFAULT_TRAINING, seed: int = 0, **metadata: Any
+    ) -> LabelOnlyBaseline:
+        num_classes = int(target.hparams.get("num_classes", 10))
+        return LabelOnlyBaseline.fit(aux.images, aux.labels, num_classes)

@@ -1,6 +1,43 @@
-"""Defences applied to the tensor that crosses the wire."""
+"""Defences: one module per defence, each a spec registered by name (see :mod:`dpsnn.defences.base`).
 
-from dpsnn.defences.noise import LaplaceNoise
-from dpsnn.defences.nopeek import NoPeekLoss, distance_correlation
+Importing this package registers every built-in defence.
+"""
 
-__all__ = ["LaplaceNoise", "NoPeekLoss", "distance_correlation"]
+from dpsnn.defences.base import (
+    DEFENCES,
+    Defence,
+    canonical,
+    check,
+    defence_class,
+    defence_from,
+    label,
+    make_defence,
+    normalise,
+    parse_canonical,
+    parse_defence,
+    register_defence,
+    validate,
+)
+from dpsnn.defences.noise import Laplace, LaplaceNoise
+from dpsnn.defences.nopeek import NoPeek, NoPeekLoss, distance_correlation
+
+__all__ = [
+    "DEFENCES",
+    "Defence",
+    "Laplace",
+    "LaplaceNoise",
+    "NoPeek",
+    "NoPeekLoss",
+    "canonical",
+    "check",
+    "defence_class",
+    "defence_from",
+    "distance_correlation",
+    "label",
+    "make_defence",
+    "normalise",
+    "parse_canonical",
+    "parse_defence",
+    "register_defence",
+    "validate",
+]

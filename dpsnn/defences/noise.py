@@ -1,33 +1,28 @@
-"""Laplacian noise on the wire.
+"""Laplacian noise on the wire: the ``laplace`` defence.
 
 Example::
 
     import torch
-    from dpsnn import LaplaceNoise
+    from dpsnn.defences import Laplace, LaplaceNoise
 
     wire = LaplaceNoise(scale=0.5)
     what_server_sees = wire(torch.zeros(4, 500))  # noisy in train and eval mode alike
+    Laplace(scale=0.5).wire()                     # the same module, from the registered spec
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from dpsnn.errors import ConfigError
+from dpsnn.defences.base import Defence, check_non_negative, format_number, register_defence
 
 
 def check_scale(scale: float, what: str = "noise scale") -> float:
     """Return ``scale`` as a float, or raise :class:`ConfigError` if it is negative or not finite."""
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a non-negative number, got {scale!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a non-negative number, got {scale!r}")
-    return value
+    return check_non_negative(scale, what)
 
 
 class LaplaceNoise(nn.Module):
@@ -60,3 +55,24 @@ class LaplaceNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self._scale:g}"
+
+
+@register_defence("laplace")
+@dataclass(frozen=True)
+class Laplace(Defence):
+    """Laplace(0, ``scale``) noise on every element of what crosses the wire."""
+
+    scale: float = 0.0
+    strength = "scale"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", check_scale(self.scale))
+
+    def wire(self) -> nn.Module:
+        return LaplaceNoise(self.scale)
+
+    def key(self) -> str:
+        return f"{format_number(self.scale)}noise"
+
+    def label(self) -> str:
+        return f"noise {self.scale:g}"

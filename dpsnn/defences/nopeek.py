@@ -1,76 +1,25 @@
-"""Distance correlation and the NoPeek loss.
-
-``distance_correlation`` is the sample distance correlation of Székely et al. with
-Euclidean distances (exponent 1) and V-statistics, the same quantity as
-``dcor.distance_correlation``. It is differentiable and vectorised: one matrix product
-per argument, no Python loops.
+"""The NoPeek defence: distance correlation between the input and the intermediate, added to the loss.
 
 Example::
 
-    import torch
-    from dpsnn import NoPeekLoss, distance_correlation
-
-    x = torch.randn(64, 784)
-    print(distance_correlation(x, x ** 2))  # non-linear dependence is detected
+    from dpsnn.defences import NoPeek, NoPeekLoss
 
     loss_fn = NoPeekLoss(weight=0.5)
-    loss = loss_fn(inputs, intermediates, logits, targets)
+    loss = loss_fn(inputs, intermediates, logits, targets)   # cross-entropy + 0.5 dCor(x, h)
+    NoPeek(weight=0.5).loss_terms(inputs, intermediates, logits, targets)   # {'nopeek': 0.5 dCor(x, h)}
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpsnn.defences.noise import check_scale
+from dpsnn.defences.base import Defence, check_non_negative, format_number, register_defence
+from dpsnn.stats import distance_correlation, pairwise_distances
 
-
-def pairwise_distances(flat: Tensor) -> Tensor:
-    """Euclidean distances between the rows of ``flat`` ``(N, D)``, with a finite gradient everywhere.
-
-    Uses the Gram form ``|a|^2 + |b|^2 - 2 a.b`` (one matrix product, several times
-    faster than an elementwise ``cdist``). Its rounding leaves tiny non-zero values where
-    two points coincide; values below the inputs' precision are set to exact zeros, so
-    the square root and its gradient stay finite.
-    """
-    flat = flat - flat.mean(dim=0, keepdim=True)  # distances ignore shifts; centring keeps the Gram form precise
-    squared_norms = (flat * flat).sum(dim=1)
-    norm_sums = squared_norms[:, None] + squared_norms[None, :]
-    squared = norm_sums - 2.0 * (flat @ flat.T)
-    tolerance = 64 * torch.finfo(flat.dtype).eps * norm_sums
-    return _safe_sqrt(torch.where(squared > tolerance, squared, 0.0))
-
-
-def _double_centred_distances(z: Tensor) -> Tensor:
-    distances = pairwise_distances(z.reshape(z.shape[0], -1))
-    return distances - distances.mean(dim=0, keepdim=True) - distances.mean(dim=1, keepdim=True) + distances.mean()
-
-
-def _safe_sqrt(value: Tensor) -> Tensor:
-    """sqrt that is 0 with a zero (not NaN) gradient where ``value <= 0``."""
-    positive = value > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, value, torch.ones_like(value))), 0.0)
-
-
-def distance_correlation(x: Tensor, y: Tensor) -> Tensor:
-    """Sample distance correlation between the rows of ``x`` and ``y``.
-
-    Each sample is flattened, so ``x`` may be images ``(N, C, H, W)`` and ``y`` vectors
-    ``(N, D)``. Returns a scalar in ``[0, 1]``; 0 when either argument has no spread
-    (e.g. all samples identical), with a finite gradient there.
-    """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y need the same number of samples, got {x.shape[0]} and {y.shape[0]}")
-    a = _double_centred_distances(x)
-    b = _double_centred_distances(y.to(a.dtype))
-    dcov2_xy = (a * b).mean().clamp_min(0.0)
-    dvar2_x = (a * a).mean()
-    dvar2_y = (b * b).mean()
-    denominator = _safe_sqrt(dvar2_x * dvar2_y)
-    has_spread = denominator > 0
-    dcor2 = torch.where(has_spread, dcov2_xy / torch.where(has_spread, denominator, 1.0), 0.0)
-    return _safe_sqrt(dcor2)
+__all__ = ["NoPeek", "NoPeekLoss", "distance_correlation", "pairwise_distances"]
 
 
 class NoPeekLoss(nn.Module):
@@ -82,7 +31,7 @@ class NoPeekLoss(nn.Module):
 
     def __init__(self, weight: float = 0.0) -> None:
         super().__init__()
-        self.weight = check_scale(weight, "NoPeek weight")
+        self.weight = check_non_negative(weight, "NoPeek weight")
 
     def terms(self, inputs: Tensor, intermediates: Tensor, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """The loss and its parts: ``loss``, ``cross_entropy`` and ``dcor`` (None at weight 0)."""
@@ -97,3 +46,27 @@ class NoPeekLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
+
+
+@register_defence("nopeek")
+@dataclass(frozen=True)
+class NoPeek(Defence):
+    """``weight`` times dCor(x, h) added to the client's loss (h: the client's output, before the wire)."""
+
+    weight: float = 0.0
+    strength = "weight"
+    couples_samples = True  # dCor is a statistic of the whole batch
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", check_non_negative(self.weight, "NoPeek weight"))
+
+    def loss_terms(self, x: Tensor, h: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self.weight == 0.0:
+            return {}
+        return {"nopeek": self.weight * distance_correlation(x, h)}
+
+    def key(self) -> str:
+        return f"{format_number(self.weight)}nopeek"
+
+    def label(self) -> str:
+        return f"NoPeek {self.weight:g}"
