@@ -1,15 +1,30 @@
 """Datasets: registry, local lookup, download and deterministic splits.
 
+Registered datasets: ``fashion-mnist``, ``mnist`` and ``emnist-letters`` (gray 1×28×28
+images stored as IDX files) and ``cifar10`` and ``cifar100`` (colour 3×32×32 images
+stored as CIFAR's "python version" batches; ``cifar100`` uses the 100 fine labels).
+:func:`dataset_info` and :func:`image_shape` tell what a name holds.
+
 A dataset is looked for in three places, in this order:
 
-1. ``data/`` (or ``root``) in torchvision's layout, e.g. ``data/FashionMNIST/raw/``;
+1. ``data/`` (or ``root``) in torchvision's layout: ``data/FashionMNIST/raw/``,
+   ``data/MNIST/raw/``, ``data/EMNIST/raw/``, ``data/cifar-10-batches-py/`` or
+   ``data/cifar-100-python/``. Files placed there by hand are used as they are;
 2. the system data folder ``/usr/share/datasets/<name>/`` (Debian's
-   ``dataset-fashion-mnist`` package puts the four gzipped IDX files there); the files
-   are unpacked once into ``data/`` so torchvision can read them;
-3. a torchvision download (skipped when the environment sets ``DPSNN_OFFLINE=1``).
+   ``dataset-fashion-mnist`` package puts the four gzipped IDX files there; for CIFAR
+   the extracted batches may sit there directly or in their ``cifar-10-batches-py/``
+   or ``cifar-100-python/`` folder); the files are copied (unpacked if gzipped) once
+   into ``data/``;
+3. a torchvision download into a scratch folder under ``data/``, moved into place when
+   complete (skipped when the environment sets ``DPSNN_OFFLINE=1``).
 
-Whole datasets are held in memory as float tensors in ``[0, 1]`` with shape
-``(N, 1, 28, 28)``: there are no per-item transforms. Example::
+CIFAR's batches are pickles. They are read with a restricted unpickler that rebuilds
+numpy arrays and nothing else: a file that would run any other code when read is
+refused with :class:`DataError`, and so is a file whose content is not a CIFAR batch.
+
+Whole datasets are held in memory as float32 tensors in ``[0, 1]`` with shape
+``(N, C, H, W)`` (``(N, 1, 28, 28)`` or ``(N, 3, 32, 32)``): there are no per-item
+transforms. Example::
 
     from dpsnn.data import make_splits
 
@@ -22,23 +37,31 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from torchvision import datasets as tv_datasets
+from torchvision.datasets import utils as tv_utils
 
 from dpsnn.errors import DataError
 from dpsnn.files import atomic_path
 
+try:
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 DEFAULT_DATA_DIR = Path("data")
-IMAGE_SHAPE = (1, 28, 28)
 
 
 @dataclass(frozen=True)
@@ -48,15 +71,23 @@ class DatasetInfo:
     name: str
     torchvision_class: type
     num_classes: int
-    raw_files: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # (channels, height, width) of one image
+    raw_files: tuple[str, ...]  # every file that must be present in :attr:`folder`
     install_hint: str
+    file_format: Literal["idx", "cifar"] = "idx"
     split: str | None = None  # torchvision's ``split`` argument (EMNIST)
     label_offset: int = 0  # subtracted from the labels so they start at 0
     transpose: bool = False  # EMNIST stores its images transposed
+    train_files: tuple[str, ...] = ()  # CIFAR: the batches of the official training set
+    test_files: tuple[str, ...] = ()  # CIFAR: the batches of the official test set
+    labels_key: str = "labels"  # CIFAR: the key of the labels in a batch
 
     @property
-    def folder_name(self) -> str:
-        return self.torchvision_class.__name__
+    def folder(self) -> Path:
+        """Where the files live relative to the data folder, as torchvision lays them out."""
+        if self.file_format == "cifar":
+            return Path(self.torchvision_class.base_folder)
+        return Path(self.torchvision_class.__name__) / "raw"
 
 
 _MNIST_FILES = (
@@ -66,11 +97,30 @@ _MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
+
+def _cifar_info(name: str, torchvision_class: type, num_classes: int, labels_key: str, hint: str) -> DatasetInfo:
+    train_files = tuple(file_name for file_name, _ in torchvision_class.train_list)
+    test_files = tuple(file_name for file_name, _ in torchvision_class.test_list)
+    return DatasetInfo(
+        name=name,
+        torchvision_class=torchvision_class,
+        num_classes=num_classes,
+        image_shape=(3, 32, 32),
+        raw_files=train_files + test_files + (torchvision_class.meta["filename"],),
+        install_hint=hint,
+        file_format="cifar",
+        train_files=train_files,
+        test_files=test_files,
+        labels_key=labels_key,
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
         torchvision_class=tv_datasets.FashionMNIST,
         num_classes=10,
+        image_shape=(1, 28, 28),
         raw_files=_MNIST_FILES,
         install_hint="apt-get install dataset-fashion-mnist",
     ),
@@ -78,6 +128,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="mnist",
         torchvision_class=tv_datasets.MNIST,
         num_classes=10,
+        image_shape=(1, 28, 28),
         raw_files=_MNIST_FILES,
         install_hint="run once on a machine with internet, or copy the four IDX files into {raw}/",
     ),
@@ -85,6 +136,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="emnist-letters",
         torchvision_class=tv_datasets.EMNIST,
         num_classes=26,
+        image_shape=(1, 28, 28),
         raw_files=tuple(
             f"emnist-letters-{part}-{kind}-ubyte"
             for part in ("train", "test")
@@ -94,6 +146,22 @@ DATASETS: dict[str, DatasetInfo] = {
         split="letters",
         label_offset=1,
         transpose=True,
+    ),
+    "cifar10": _cifar_info(
+        "cifar10",
+        tv_datasets.CIFAR10,
+        num_classes=10,
+        labels_key="labels",
+        hint="copy the python-version batches (cifar-10-python.tar.gz, extracted: data_batch_1..5, test_batch, "
+        "batches.meta) into {raw}/, or run once on a machine with internet",
+    ),
+    "cifar100": _cifar_info(
+        "cifar100",
+        tv_datasets.CIFAR100,
+        num_classes=100,
+        labels_key="fine_labels",
+        hint="copy the python-version files (cifar-100-python.tar.gz, extracted: train, test, meta) into {raw}/, "
+        "or run once on a machine with internet",
     ),
 }
 
@@ -107,17 +175,29 @@ def dataset_info(name: str) -> DatasetInfo:
         raise DataError(f"unknown dataset '{name}'; choose one of: {known}") from None
 
 
+def image_shape(name: str) -> tuple[int, int, int]:
+    """The ``(channels, height, width)`` of one image of ``name``, e.g. ``(3, 32, 32)`` for ``cifar10``."""
+    return dataset_info(name).image_shape
+
+
 def _raw_dir(info: DatasetInfo, root: Path) -> Path:
-    return root / info.folder_name / "raw"
+    return root / info.folder
+
+
+def _system_dirs(info: DatasetInfo, system_dir: Path) -> list[Path]:
+    """The folders of the system copy that may hold the files, in the order tried."""
+    folders = [system_dir / info.name]
+    if info.file_format == "cifar":
+        folders.append(system_dir / info.name / info.folder)
+    return folders
 
 
 def _has_raw_files(folder: Path, info: DatasetInfo) -> bool:
     return all((folder / f).is_file() for f in info.raw_files)
 
 
-def _install_from_system(info: DatasetInfo, root: Path, system_dir: Path) -> bool:
-    """Unpack the system copy of a dataset into ``root``; False if there is none."""
-    folder = system_dir / info.name
+def _system_sources(info: DatasetInfo, folder: Path) -> list[tuple[Path, str]] | None:
+    """``(source, file name)`` for every raw file in ``folder``, plain or gzipped; None if one is missing."""
     sources = []
     for file_name in info.raw_files:
         plain, packed = folder / file_name, folder / f"{file_name}.gz"
@@ -126,7 +206,18 @@ def _install_from_system(info: DatasetInfo, root: Path, system_dir: Path) -> boo
         elif packed.is_file():
             sources.append((packed, file_name))
         else:
-            return False
+            return None
+    return sources
+
+
+def _install_from_system(info: DatasetInfo, root: Path, system_dir: Path) -> bool:
+    """Copy (unpacking if gzipped) the system copy of a dataset into ``root``; False if there is none."""
+    for folder in _system_dirs(info, system_dir):
+        sources = _system_sources(info, folder)
+        if sources is not None:
+            break
+    else:
+        return False
     target = _raw_dir(info, root)
     target.mkdir(parents=True, exist_ok=True)
     for source, file_name in sources:
@@ -147,12 +238,22 @@ def _install_from_system(info: DatasetInfo, root: Path, system_dir: Path) -> boo
 
 
 def _download(info: DatasetInfo, root: Path) -> None:
-    """Download with torchvision into a scratch folder, then move the raw files in."""
+    """Download with torchvision into a scratch folder, then move the raw files in.
+
+    IDX datasets are fetched by their torchvision class. CIFAR is fetched with the
+    archive address and checksum of its torchvision class, without letting torchvision
+    read the batches (it would unpickle them unrestricted); the archive unpacks into
+    ``<scratch>/cifar-10-batches-py/`` (or ``cifar-100-python/``), the folder moved from.
+    """
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
     try:
-        kwargs = {"split": info.split} if info.split else {}
-        info.torchvision_class(str(scratch), train=True, download=True, **kwargs)
+        cls = info.torchvision_class
+        if info.file_format == "cifar":
+            tv_utils.download_and_extract_archive(cls.url, str(scratch), filename=cls.filename, md5=cls.tgz_md5)
+        else:
+            kwargs = {"split": info.split} if info.split else {}
+            cls(str(scratch), train=True, download=True, **kwargs)
         target = _raw_dir(info, root)
         target.mkdir(parents=True, exist_ok=True)
         for file_name in info.raw_files:
@@ -185,10 +286,120 @@ def ensure_dataset(
             return raw
         except Exception as error:  # network, HTTP and checksum errors all mean "not here"
             reason = f"download failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    places = [f"{folder}/" for folder in [raw, *_system_dirs(info, system_dir)]]
+    looked = ", ".join(places[:-1]) + f" and {places[-1]}"
     raise DataError(
-        f"dataset '{name}' not found: looked in {raw}/ and {system_dir / info.name}/, {reason}; "
-        f"fix: {info.install_hint.format(raw=raw)}"
+        f"dataset '{name}' not found: looked in {looked}, {reason}; fix: {info.install_hint.format(raw=raw)}"
     )
+
+
+# --- CIFAR's pickled batches ---------------------------------------------------------
+
+
+def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
+    """The one use of ``_codecs.encode`` that pickles of bytes need (protocol 2 from Python 3)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only to turn latin-1 text into bytes")
+    return text.encode("latin1")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild numpy arrays, plain containers and nothing else.
+
+    Pickles name the functions they call while being read; any name outside this list
+    is refused before anything is called.
+    """
+
+    _ALLOWED: dict[tuple[str, str], object] = {
+        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+
+    def __init__(self, file: object, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise DataError(
+                f"{self.path} would run code when read ({module}.{name}) and was refused; "
+                "it is not a CIFAR batch: delete it and get the dataset from its official source"
+            ) from None
+
+
+def _read_pickle(path: Path) -> dict[str, object]:
+    """Read one pickled CIFAR file as a dict with text keys, refusing anything that runs code."""
+    try:
+        with path.open("rb") as file:
+            content = _ArrayUnpickler(file, path).load()
+    except DataError:
+        raise
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror or error})") from None
+    except Exception as error:  # garbage and truncated pickles raise many kinds of error
+        detail = " ".join(str(error).split())  # one line, whatever the error says
+        raise DataError(f"{path} is damaged ({type(error).__name__}: {detail}); delete it and retry") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path} is damaged (not a CIFAR batch: holds a {type(content).__name__}); delete it and retry")
+    # Python 2 wrote the keys as byte strings; latin-1 turns them into text, Python 3 keeps bytes.
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in content.items()}
+
+
+def _read_cifar_batch(path: Path, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels ``(N, 3072)`` uint8 and labels ``(N,)`` int64 of one checked CIFAR batch."""
+    batch = _read_pickle(path)
+
+    def damaged(why: str) -> DataError:
+        return DataError(f"{path} is damaged ({why}); delete it and retry")
+
+    pixels, labels = batch.get("data"), batch.get(info.labels_key)
+    if pixels is None or labels is None:
+        raise damaged(f"no 'data' or '{info.labels_key}' entry")
+    row = int(np.prod(info.image_shape))
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != row:
+        described = f"{pixels.dtype} array of shape {pixels.shape}" if isinstance(pixels, np.ndarray) else "no array"
+        raise damaged(f"'data' should be a uint8 array of shape (N, {row}), found {described}")
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError) as error:
+        raise damaged(f"'{info.labels_key}' is not a list of integers: {error}") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise damaged(f"'{info.labels_key}' is not a list of integers")
+    if len(labels) != len(pixels):
+        raise damaged(f"{len(pixels)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise damaged(f"labels outside 0..{info.num_classes - 1}")
+    return pixels, labels.astype(np.int64)
+
+
+def _load_cifar(info: DatasetInfo, folder: Path, train: bool) -> tuple[Tensor, Tensor]:
+    batches = [
+        _read_cifar_batch(folder / file_name, info) for file_name in (info.train_files if train else info.test_files)
+    ]
+    pixels = np.concatenate([batch_pixels for batch_pixels, _ in batches])
+    labels = np.concatenate([batch_labels for _, batch_labels in batches])
+    # Each row holds the red plane, then the green, then the blue, each 32×32 row-major.
+    images = torch.from_numpy(pixels).view(len(pixels), *info.image_shape).to(torch.float32).div_(255.0)
+    return images.contiguous(), torch.from_numpy(labels)
+
+
+def _load_idx(info: DatasetInfo, root: Path, train: bool) -> tuple[Tensor, Tensor]:
+    kwargs = {"split": info.split} if info.split else {}
+    try:
+        dataset = info.torchvision_class(str(root), train=train, download=False, **kwargs)
+    except (RuntimeError, ValueError, OSError, AssertionError) as error:  # torchvision asserts on bad headers
+        raise DataError(f"dataset '{info.name}' under {root} cannot be read ({error}); delete it and retry") from None
+    pixels = dataset.data
+    if info.transpose:
+        pixels = pixels.transpose(1, 2)
+    images = pixels.unsqueeze(1).to(torch.float32).div_(255.0)
+    labels = dataset.targets.to(torch.int64) - info.label_offset
+    return images.contiguous(), labels
 
 
 def load_images(
@@ -200,27 +411,20 @@ def load_images(
 ) -> tuple[Tensor, Tensor]:
     """Load one official part of a dataset as ``(images, labels)``.
 
-    ``images`` are float32 in ``[0, 1]`` with shape ``(N, 1, 28, 28)``; ``labels`` are
-    int64 class indices starting at 0.
+    ``images`` are float32 in ``[0, 1]`` with shape ``(N, *image_shape(name))``, e.g.
+    ``(N, 1, 28, 28)`` or ``(N, 3, 32, 32)``; ``labels`` are int64 class indices
+    starting at 0.
     """
     info = dataset_info(name)
-    ensure_dataset(name, root, system_dir, download)
-    kwargs = {"split": info.split} if info.split else {}
-    try:
-        dataset = info.torchvision_class(str(root), train=train, download=False, **kwargs)
-    except (RuntimeError, ValueError, OSError, AssertionError) as error:  # torchvision asserts on bad headers
-        raise DataError(f"dataset '{name}' under {root} cannot be read ({error}); delete it and retry") from None
-    pixels = dataset.data
-    if info.transpose:
-        pixels = pixels.transpose(1, 2)
-    images = pixels.unsqueeze(1).to(torch.float32).div_(255.0)
-    labels = dataset.targets.to(torch.int64) - info.label_offset
-    return images.contiguous(), labels
+    folder = ensure_dataset(name, root, system_dir, download)
+    if info.file_format == "cifar":
+        return _load_cifar(info, folder, train)
+    return _load_idx(info, Path(root), train)
 
 
 @dataclass
 class Split:
-    """A part of a dataset held in memory: images ``(N, 1, 28, 28)`` and labels ``(N,)``."""
+    """A part of a dataset held in memory: images ``(N, C, H, W)`` and labels ``(N,)``."""
 
     images: Tensor
     labels: Tensor
@@ -267,6 +471,12 @@ class Splits:
     val: Split
     test: Split
     aux: Split
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image, e.g. ``(3, 32, 32)`` for CIFAR."""
+        channels, height, width = self.train.images.shape[1:]
+        return (channels, height, width)
 
 
 def make_splits(

@@ -1,25 +1,46 @@
 """Tests of dpsnn.data: dataset lookup, loading, splits and loaders.
 
-Every test works on small IDX files written under ``tmp_path`` (except the one on the
-installed Fashion-MNIST), and downloads are off unless a test turns them on with a
-fake torchvision download, so nothing touches the network or the project's ``data/``.
+Every test works on small files in the datasets' real on-disk formats (IDX files, and
+CIFAR's pickled python-version batches as Python 2 wrote them) written under
+``tmp_path`` (except the one on the installed Fashion-MNIST), and downloads are off
+unless a test turns them on with a fake torchvision download, so nothing touches the
+network or the project's ``data/``.
 """
 
 from __future__ import annotations
 
+import builtins
 import gzip
+import io
+import os
+import pickle
+import shlex
+import shutil
 import struct
+import tarfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 from torchvision import datasets as tv_datasets
+from torchvision.datasets import utils as tv_utils
 
-from dpsnn.data import SYSTEM_DATA_DIR, Split, ensure_dataset, load_images, make_splits
+from dpsnn.data import (
+    DATASETS,
+    SYSTEM_DATA_DIR,
+    Split,
+    dataset_info,
+    ensure_dataset,
+    image_shape,
+    load_images,
+    make_splits,
+)
 from dpsnn.errors import DataError
 
 TRAIN_COUNT = 300
@@ -383,7 +404,7 @@ def test_unknown_dataset_lists_known_names(call: Callable[..., object], root: Pa
 
     message = str(caught.value)
     assert "unknown dataset 'cifar-10'" in message
-    assert "emnist-letters, fashion-mnist, mnist" in message
+    assert message.endswith("choose one of: cifar10, cifar100, emnist-letters, fashion-mnist, mnist")
     assert not root.exists()
 
 
@@ -543,6 +564,522 @@ def test_subset(split: Split) -> None:
     assert len(head) == 5
     assert image_ids(head.images) == [0, 1, 2, 3, 4]
     assert torch.equal(head.labels, split.labels[:5])
+
+
+# --- CIFAR: pickled batches ----------------------------------------------------------
+
+CIFAR_TRAIN_COUNT = 60
+CIFAR_TEST_COUNT = 20
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes pickles the way Python 2's cPickle wrote CIFAR's batches.
+
+    Byte strings become Python 2 ``str`` opcodes (``SHORT_BINSTRING``/``BINSTRING``)
+    instead of Python 3's ``_codecs.encode`` calls, and numpy is named by its Python 2
+    module path ``numpy.core.multiarray``.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def python2_pickle(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(obj)
+    content = buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"_codecs" not in content
+    assert b"numpy._core" not in content
+    return content
+
+
+def python3_pickle(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+PICKLERS = {"python2": python2_pickle, "python3": python3_pickle}
+
+
+def cifar_pixels(count: int, salt: int = 0) -> np.ndarray:
+    """``count`` distinct CIFAR rows, uint8 ``(count, 3072)``: red plane, green plane, blue plane.
+
+    Every image holds its index in red pixels (0, 0) and (0, 1); every plane differs from
+    the others and from its own transpose, and the values span 0..255.
+    """
+    index = np.arange(count).reshape(count, 1, 1, 1)
+    channel = np.arange(3).reshape(1, 3, 1, 1)
+    rows = np.arange(32).reshape(1, 1, 32, 1)
+    cols = np.arange(32).reshape(1, 1, 1, 32)
+    planes = (index * 5 + channel * 85 + rows * 9 + cols * 2 + salt) % 256
+    planes[:, 0, 0, 0] = index[:, 0, 0, 0] % 256
+    planes[:, 0, 0, 1] = index[:, 0, 0, 0] // 256
+    return planes.astype(np.uint8).reshape(count, 3 * 32 * 32)
+
+
+def as_loaded(pixels: np.ndarray) -> Tensor:
+    """What CIFAR rows should load as: float32 ``(N, 3, 32, 32)`` in [0, 1]."""
+    return torch.from_numpy(pixels.reshape(len(pixels), 3, 32, 32)).to(torch.float32) / 255.0
+
+
+@dataclass
+class FakeCifar:
+    """What a fake CIFAR-10 or CIFAR-100 should load as: stored rows and labels, per part."""
+
+    name: str
+    train_pixels: np.ndarray
+    train_labels: list[int]
+    test_pixels: np.ndarray
+    test_labels: list[int]
+
+    def pixels(self, train: bool) -> np.ndarray:
+        return self.train_pixels if train else self.test_pixels
+
+    def labels(self, train: bool) -> Tensor:
+        return torch.tensor(self.train_labels if train else self.test_labels, dtype=torch.int64)
+
+
+def fake_cifar(name: str, salt: int = 0) -> FakeCifar:
+    classes = 10 if name == "cifar10" else 100
+    return FakeCifar(
+        name=name,
+        train_pixels=cifar_pixels(CIFAR_TRAIN_COUNT, salt),
+        train_labels=[(i * 7 + salt) % classes for i in range(CIFAR_TRAIN_COUNT)],
+        test_pixels=cifar_pixels(CIFAR_TEST_COUNT, salt + 100),
+        test_labels=[(i * 3 + salt) % classes for i in range(CIFAR_TEST_COUNT)],
+    )
+
+
+def cifar_batch(name: str, label: bytes, pixels: np.ndarray, labels: list[int]) -> dict[bytes, object]:
+    """One batch as CIFAR stores it: a dict with byte keys."""
+    batch: dict[bytes, object] = {b"batch_label": label}
+    if name == "cifar10":
+        batch[b"labels"] = labels
+    else:
+        batch[b"fine_labels"] = labels
+        batch[b"coarse_labels"] = [(fine + 1) % 20 for fine in labels]  # never equal to the fine labels
+    batch[b"data"] = pixels
+    batch[b"filenames"] = [f"image_{i:05d}.png".encode() for i in range(len(pixels))]
+    return batch
+
+
+def cifar_files(data: FakeCifar) -> dict[str, object]:
+    """Every file of ``data`` in CIFAR's layout, as the objects to pickle, by file name."""
+    if data.name == "cifar10":
+        files: dict[str, object] = {}
+        cuts = np.array_split(np.arange(CIFAR_TRAIN_COUNT), len(CIFAR10_TRAIN_BATCHES))
+        for number, (file_name, part) in enumerate(zip(CIFAR10_TRAIN_BATCHES, cuts, strict=True), start=1):
+            files[file_name] = cifar_batch(
+                "cifar10",
+                f"training batch {number} of 5".encode(),
+                data.train_pixels[part],
+                [data.train_labels[i] for i in part],
+            )
+        files["test_batch"] = cifar_batch("cifar10", b"testing batch 1 of 1", data.test_pixels, data.test_labels)
+        files["batches.meta"] = {
+            b"num_cases_per_batch": CIFAR_TRAIN_COUNT // 5,
+            b"label_names": [f"class-{i}".encode() for i in range(10)],
+            b"num_vis": 3072,
+        }
+        return files
+    return {
+        "train": cifar_batch("cifar100", b"training batch 1 of 1", data.train_pixels, data.train_labels),
+        "test": cifar_batch("cifar100", b"testing batch 1 of 1", data.test_pixels, data.test_labels),
+        "meta": {
+            b"fine_label_names": [f"fine-{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse-{i}".encode() for i in range(20)],
+        },
+    }
+
+
+def write_cifar(folder: Path, data: FakeCifar, style: str = "python2") -> dict[str, bytes]:
+    """Write ``data`` as CIFAR's python-version files into ``folder``; return their bytes by file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {file_name: PICKLERS[style](obj) for file_name, obj in cifar_files(data).items()}
+    for file_name, content in written.items():
+        (folder / file_name).write_bytes(content)
+    return written
+
+
+def cifar_ids(images: Tensor) -> list[int]:
+    """The indices written into images by :func:`cifar_pixels` (images as loaded, in [0, 1])."""
+    pixels = torch.round(images[:, 0, 0, :2] * 255).to(torch.int64)
+    return (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
+
+
+@pytest.fixture(autouse=True)
+def no_unrestricted_cifar_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision's CIFAR classes unpickle without restriction: dpsnn must never build one."""
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError("torchvision's CIFAR reader was used")
+
+    monkeypatch.setattr(tv_datasets.CIFAR10, "__init__", refuse)
+    monkeypatch.setattr(tv_datasets.CIFAR100, "__init__", refuse)
+
+
+@pytest.fixture(params=["cifar10", "cifar100"])
+def cifar(request: pytest.FixtureRequest, root: Path) -> FakeCifar:
+    """A fake CIFAR-10 or CIFAR-100 (60 train, 20 test images) in ``root`` in torchvision's layout."""
+    data = fake_cifar(request.param)
+    write_cifar(root / CIFAR_FOLDERS[request.param], data)
+    return data
+
+
+@pytest.mark.parametrize("style", ["python2", "python3"])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_batches_load_exactly(root: Path, system_dir: Path, name: str, train: bool, style: str) -> None:
+    data = fake_cifar(name, salt=3)
+    write_cifar(root / CIFAR_FOLDERS[name], data, style=style)
+
+    images, labels = load_images(name, train, root=root, system_dir=system_dir)
+
+    count = CIFAR_TRAIN_COUNT if train else CIFAR_TEST_COUNT
+    assert images.dtype == torch.float32
+    assert images.shape == (count, 3, 32, 32)
+    assert images.is_contiguous()
+    assert images.min().item() == 0.0
+    assert images.max().item() == 1.0
+    assert torch.equal(images, as_loaded(data.pixels(train)))
+    assert cifar_ids(images) == list(range(count))  # the training batches are read in order 1..5
+    assert labels.dtype == torch.int64
+    assert torch.equal(labels, data.labels(train))
+
+
+def test_cifar_rows_are_red_green_blue_planes_row_major(root: Path, system_dir: Path) -> None:
+    data = fake_cifar("cifar10")
+    pixels = np.zeros((CIFAR_TEST_COUNT, 3072), dtype=np.uint8)
+    pokes = {  # position in the stored row -> (channel, row, column) once loaded
+        0: (0, 0, 0),
+        31: (0, 0, 31),
+        32: (0, 1, 0),
+        5 * 32 + 7: (0, 5, 7),
+        1024: (1, 0, 0),
+        1024 + 2 * 32 + 3: (1, 2, 3),
+        2048: (2, 0, 0),
+        3071: (2, 31, 31),
+    }
+    for value, position in enumerate(pokes, start=10):
+        pixels[4, position] = value
+    data.test_pixels = pixels
+    write_cifar(root / "cifar-10-batches-py", data)
+
+    images, _ = load_images("cifar10", False, root=root, system_dir=system_dir)
+
+    stored = torch.round(images * 255).to(torch.int64)
+    for value, (channel, row, column) in enumerate(pokes.values(), start=10):
+        assert stored[4, channel, row, column].item() == value
+    assert stored[4].count_nonzero().item() == len(pokes)
+    assert stored[[i for i in range(CIFAR_TEST_COUNT) if i != 4]].count_nonzero().item() == 0
+
+
+def test_cifar100_uses_the_fine_labels(root: Path, system_dir: Path) -> None:
+    data = fake_cifar("cifar100")
+    written = cifar_files(data)
+    write_cifar(root / "cifar-100-python", data)
+
+    _, labels = load_images("cifar100", True, root=root, system_dir=system_dir)
+
+    fine, coarse = written["train"][b"fine_labels"], written["train"][b"coarse_labels"]  # type: ignore[index]
+    assert labels.tolist() == fine
+    assert labels.tolist() != coarse
+    assert labels.max().item() > 19  # beyond the 20 coarse classes
+
+
+def test_cifar_splits(cifar: FakeCifar, root: Path, system_dir: Path) -> None:
+    splits = make_splits(cifar.name, seed=0, val_size=10, aux_size=15, root=root, system_dir=system_dir)
+
+    assert splits.name == cifar.name
+    assert splits.num_classes == (10 if cifar.name == "cifar10" else 100)
+    assert splits.image_shape == (3, 32, 32)
+    assert (len(splits.train), len(splits.val), len(splits.aux), len(splits.test)) == (35, 10, 15, CIFAR_TEST_COUNT)
+    for split in (splits.train, splits.val, splits.aux):  # images and labels still belong together
+        ids = cifar_ids(split.images)
+        assert split.images.shape == (len(split), 3, 32, 32)
+        assert torch.equal(split.images, as_loaded(cifar.train_pixels[ids]))
+        assert torch.equal(split.labels, cifar.labels(True)[ids])
+    assert torch.equal(splits.test.labels, cifar.labels(False)[cifar_ids(splits.test.images)])
+    train, val, aux = (set(cifar_ids(split.images)) for split in (splits.train, splits.val, splits.aux))
+    assert (len(train), len(val), len(aux)) == (35, 10, 15)
+    assert train.isdisjoint(val) and train.isdisjoint(aux) and val.isdisjoint(aux)
+    assert train | val | aux == set(range(CIFAR_TRAIN_COUNT))
+    images, labels = next(iter(splits.train.loader(batch_size=8, shuffle=True, seed=0)))
+    assert images.shape == (8, 3, 32, 32)
+    assert torch.equal(labels, cifar.labels(True)[cifar_ids(images)])
+
+
+def test_cifar_splits_depend_only_on_the_seed(cifar: FakeCifar, root: Path, system_dir: Path) -> None:
+    def draw(seed: int) -> dict[str, list[int]]:
+        splits = make_splits(cifar.name, seed=seed, val_size=10, aux_size=15, root=root, system_dir=system_dir)
+        return {part: cifar_ids(getattr(splits, part).images) for part in ("train", "val", "aux", "test")}
+
+    first, again, other = draw(1), draw(1), draw(2)
+
+    assert first == again
+    for part in ("train", "val", "aux", "test"):
+        assert first[part] != other[part]
+
+
+@pytest.mark.parametrize("inner", [False, True], ids=["files-directly", "in-batches-folder"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_system_copy_is_copied_into_root(root: Path, system_dir: Path, name: str, inner: bool) -> None:
+    data = fake_cifar(name, salt=17)
+    source = system_dir / name / CIFAR_FOLDERS[name] if inner else system_dir / name
+    written = write_cifar(source, data)
+
+    raw = ensure_dataset(name, root=root, system_dir=system_dir)
+
+    assert raw == root / CIFAR_FOLDERS[name]
+    assert {path.name: path.read_bytes() for path in raw.iterdir()} == written
+    assert {path.name: path.read_bytes() for path in source.iterdir() if path.is_file()} == written
+    assert leftovers(root) == []
+    images, labels = load_images(name, True, root=root, system_dir=system_dir)
+    assert torch.equal(images, as_loaded(data.train_pixels))
+    assert torch.equal(labels, data.labels(True))
+
+
+def test_cifar_root_copy_is_preferred_to_system_copy(root: Path, system_dir: Path) -> None:
+    mine, system = fake_cifar("cifar10", salt=1), fake_cifar("cifar10", salt=2)
+    write_cifar(root / "cifar-10-batches-py", mine)
+    write_cifar(system_dir / "cifar10", system)
+
+    images, labels = load_images("cifar10", False, root=root, system_dir=system_dir)
+
+    assert torch.equal(images, as_loaded(mine.test_pixels))
+    assert not torch.equal(images, as_loaded(system.test_pixels))
+    assert torch.equal(labels, mine.labels(False))
+
+
+def test_image_shapes_and_classes_of_the_registry() -> None:
+    expected = {
+        "fashion-mnist": ((1, 28, 28), 10),
+        "mnist": ((1, 28, 28), 10),
+        "emnist-letters": ((1, 28, 28), 26),
+        "cifar10": ((3, 32, 32), 10),
+        "cifar100": ((3, 32, 32), 100),
+    }
+    assert set(DATASETS) == set(expected)
+    for name, (shape, classes) in expected.items():
+        assert image_shape(name) == shape
+        assert dataset_info(name).image_shape == shape
+        assert dataset_info(name).num_classes == classes
+    with pytest.raises(DataError, match="unknown dataset 'cifar-10'"):
+        image_shape("cifar-10")
+
+
+def test_splits_image_shape_of_a_gray_dataset(mnist: FakeSet, root: Path, system_dir: Path) -> None:
+    splits = make_splits("mnist", val_size=40, aux_size=60, root=root, system_dir=system_dir)
+
+    assert splits.image_shape == (1, 28, 28)
+    assert splits.image_shape == image_shape("mnist")
+
+
+# --- CIFAR: untrusted and damaged files ----------------------------------------------
+
+
+class RunsShell:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+class Evaluates:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (builtins.eval, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize(
+    ("payload", "refused"),
+    [
+        (lambda marker: RunsShell(marker), "system"),
+        (lambda marker: Evaluates(marker), "eval"),
+        (lambda marker: {b"data": RunsShell(marker), b"labels": [0]}, "system"),
+        (lambda marker: OrderedDict([(b"data", np.zeros((1, 3072), np.uint8)), (b"labels", [0])]), "OrderedDict"),
+    ],
+    ids=["os.system", "builtins.eval", "hidden-in-a-batch", "class-not-allowed"],
+)
+def test_a_pickle_that_runs_code_is_refused_unrun(
+    tmp_path: Path, root: Path, system_dir: Path, payload: Callable[[Path], object], refused: str, protocol: int
+) -> None:
+    marker = tmp_path / "ran"
+    write_cifar(root / "cifar-10-batches-py", fake_cifar("cifar10"))
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(pickle.dumps(payload(marker), protocol=protocol))
+
+    with pytest.raises(DataError) as caught:
+        load_images("cifar10", True, root=root, system_dir=system_dir)
+
+    message = str(caught.value)
+    assert str(batch) in message
+    assert "would run code" in message
+    assert "refused" in message
+    assert f".{refused}) and was refused" in message  # the refused name, e.g. (posix.system)
+    assert "\n" not in message
+    assert not marker.exists()
+
+
+def with_entry(key: bytes, value: object) -> Callable[[dict[bytes, object], bytes], bytes]:
+    """A damage that stores ``value`` under ``key`` in an otherwise intact batch."""
+    return lambda batch, stored: python3_pickle({**batch, key: value})
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        pytest.param(lambda batch, stored: stored[: len(stored) // 2], "", id="truncated"),
+        pytest.param(lambda batch, stored: b"<html>404 not found</html>", "", id="garbage"),
+        pytest.param(lambda batch, stored: b"", "", id="empty"),
+        pytest.param(
+            lambda batch, stored: b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00rot13\x86R.",
+            "latin-1",
+            id="codec-other-than-latin-1",
+        ),
+        pytest.param(lambda batch, stored: python3_pickle([batch]), "holds a list", id="not-a-dict"),
+        pytest.param(
+            lambda batch, stored: python3_pickle({k: v for k, v in batch.items() if k != b"labels"}),
+            "no 'data' or 'labels' entry",
+            id="no-labels",
+        ),
+        pytest.param(with_entry(b"data", np.zeros((12, 1024), np.uint8)), "shape (12, 1024)", id="short-rows"),
+        pytest.param(with_entry(b"data", np.zeros((12, 3072), np.float32)), "float32", id="float-pixels"),
+        pytest.param(with_entry(b"data", np.zeros((12, 3072), object)), "object", id="object-pixels"),
+        pytest.param(with_entry(b"data", [[0] * 3072] * 12), "found no array", id="list-pixels"),
+        pytest.param(with_entry(b"labels", [0] * 11), "12 images but 11 labels", id="too-few-labels"),
+        pytest.param(with_entry(b"labels", [0] * 11 + [10]), "labels outside 0..9", id="label-too-large"),
+        pytest.param(with_entry(b"labels", [0] * 11 + [-1]), "labels outside 0..9", id="negative-label"),
+        pytest.param(with_entry(b"labels", ["cat"] * 12), "not a list of integers", id="text-labels"),
+    ],
+)
+def test_a_damaged_batch_is_a_data_error(
+    root: Path, system_dir: Path, damage: Callable[[dict[bytes, object], bytes], bytes], detail: str
+) -> None:
+    data = fake_cifar("cifar10")
+    write_cifar(root / "cifar-10-batches-py", data)
+    batch_file = root / "cifar-10-batches-py" / "data_batch_2"
+    batch = cifar_files(data)["data_batch_2"]
+    assert isinstance(batch, dict)
+    batch_file.write_bytes(damage(batch, batch_file.read_bytes()))
+
+    with pytest.raises(DataError) as caught:
+        load_images("cifar10", True, root=root, system_dir=system_dir)
+
+    message = str(caught.value)
+    assert message.startswith(f"{batch_file} is damaged (")
+    assert message.endswith("); delete it and retry")
+    assert detail in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("cifar10", "copy the python-version batches (cifar-10-python.tar.gz, extracted"),
+        ("cifar100", "copy the python-version files (cifar-100-python.tar.gz, extracted"),
+    ],
+)
+def test_cifar_offline_and_missing_names_every_place_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, root: Path, system_dir: Path, name: str, hint: str
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", lambda *args, **kwargs: calls.append(name))
+    write_cifar(system_dir / name, fake_cifar(name))
+    (system_dir / name / ("test_batch" if name == "cifar10" else "test")).unlink()  # an incomplete copy
+
+    with pytest.raises(DataError) as caught:
+        make_splits(name, root=root, system_dir=system_dir)
+
+    message = str(caught.value)
+    folder = CIFAR_FOLDERS[name]
+    assert message.startswith(f"dataset '{name}' not found: ")
+    assert f"{root / folder}/" in message
+    assert f"{system_dir / name}/" in message
+    assert f"{system_dir / name / folder}/" in message
+    assert "DPSNN_OFFLINE" in message
+    fix = message.partition("fix: ")[2]
+    assert fix.startswith(hint)
+    assert f"into {root / folder}/" in fix
+    assert "run once on a machine with internet" in fix
+    assert "\n" not in message
+    assert calls == []
+    assert not root.exists()
+
+
+def fake_cifar_archive(data: FakeCifar, folder: Path, archive: Path) -> None:
+    """Write ``data`` as CIFAR's tar.gz: every file inside the batches folder, as published."""
+    staging = folder / "staging"
+    write_cifar(staging / CIFAR_FOLDERS[data.name], data)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / CIFAR_FOLDERS[data.name], arcname=CIFAR_FOLDERS[data.name])
+    shutil.rmtree(staging)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_download_unpacks_the_archive_and_moves_the_batches_in(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path, system_dir: Path, name: str
+) -> None:
+    monkeypatch.delenv("DPSNN_OFFLINE")
+    data = fake_cifar(name, salt=23)
+    published = tmp_path / "published.tar.gz"
+    fake_cifar_archive(data, tmp_path, published)
+    downloads: list[tuple[str, Path, str, str]] = []
+
+    def fake_download(url: str, download_root: str, filename: str, md5: str) -> None:
+        downloads.append((url, Path(download_root), filename, md5))
+        shutil.copyfile(published, Path(download_root) / filename)
+        tv_utils.extract_archive(str(Path(download_root) / filename), download_root)
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+
+    images, labels = load_images(name, False, root=root, system_dir=system_dir)
+
+    cls = tv_datasets.CIFAR10 if name == "cifar10" else tv_datasets.CIFAR100
+    assert len(downloads) == 1
+    url, scratch, filename, md5 = downloads[0]
+    assert (url, filename, md5) == (cls.url, cls.filename, cls.tgz_md5)
+    assert scratch.parent == root
+    assert scratch.name.startswith(".download-")
+    assert torch.equal(images, as_loaded(data.test_pixels))
+    assert torch.equal(labels, data.labels(False))
+    assert sorted(path.name for path in (root / CIFAR_FOLDERS[name]).iterdir()) == sorted(cifar_files(data))
+    assert sorted(path.name for path in root.iterdir()) == [CIFAR_FOLDERS[name]]  # no archive, no scratch
+    assert leftovers(root) == []
+
+
+def test_cifar_failed_download_is_a_data_error_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, root: Path, system_dir: Path
+) -> None:
+    monkeypatch.delenv("DPSNN_OFFLINE")
+
+    def failing_download(url: str, download_root: str, filename: str, md5: str) -> None:
+        (Path(download_root) / filename).write_bytes(b"\x1f\x8b partial")
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", failing_download)
+
+    with pytest.raises(DataError) as caught:
+        load_images("cifar10", True, root=root, system_dir=system_dir)
+
+    message = str(caught.value)
+    assert "dataset 'cifar10' not found" in message
+    assert "download failed: URLError" in message
+    assert "Temporary failure in name resolution" in message
+    assert list(root.rglob("*")) == []
 
 
 # --- the installed Fashion-MNIST -----------------------------------------------------
