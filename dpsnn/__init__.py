@@ -1,6 +1,7 @@
 """dpsnn: defences for split neural networks, and honest measurement of what leaks.
 
-The public API::
+The public API (each name is imported when first used, so ``import dpsnn.stats`` or
+``import dpsnn.defences`` does not load Lightning)::
 
     from dpsnn import (
         SplitNN, Validator, build_split,                    # models and architectures
@@ -11,62 +12,58 @@ The public API::
     )
 """
 
-from dpsnn.architectures import ARCHITECTURES, ClientNet, ServerNet, build_split, register_architecture
-from dpsnn.attacks import (
-    ATTACKS,
-    Decoder,
-    InversionAttacker,
-    LabelOnlyBaseline,
-    make_attack,
-    observe,
-    register_attack,
-    what_server_sees,
-)
-from dpsnn.checkpoints import load_attacker, load_classifier, load_validator
-from dpsnn.defences import (
-    DEFENCES,
-    LaplaceNoise,
-    NoPeekLoss,
-    canonical,
-    distance_correlation,
-    parse_defence,
-    register_defence,
-    validate,
-)
-from dpsnn.errors import CheckpointError, ConfigError, DataError, DpsnnError
-from dpsnn.models import SplitNN, Validator
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES",
-    "ATTACKS",
-    "CheckpointError",
-    "ClientNet",
-    "ConfigError",
-    "DEFENCES",
-    "DataError",
-    "Decoder",
-    "DpsnnError",
-    "InversionAttacker",
-    "LabelOnlyBaseline",
-    "LaplaceNoise",
-    "NoPeekLoss",
-    "ServerNet",
-    "SplitNN",
-    "Validator",
-    "build_split",
-    "canonical",
-    "distance_correlation",
-    "load_attacker",
-    "load_classifier",
-    "load_validator",
-    "make_attack",
-    "observe",
-    "parse_defence",
-    "register_architecture",
-    "register_attack",
-    "register_defence",
-    "validate",
-    "what_server_sees",
-]
+# name: the module that defines it
+_EXPORTS = {
+    "ARCHITECTURES": "dpsnn.architectures",
+    "ClientNet": "dpsnn.architectures",
+    "ServerNet": "dpsnn.architectures",
+    "build_split": "dpsnn.architectures",
+    "register_architecture": "dpsnn.architectures",
+    "ATTACKS": "dpsnn.attacks",
+    "Decoder": "dpsnn.attacks",
+    "InversionAttacker": "dpsnn.attacks",
+    "LabelOnlyBaseline": "dpsnn.attacks",
+    "make_attack": "dpsnn.attacks",
+    "observe": "dpsnn.attacks",
+    "register_attack": "dpsnn.attacks",
+    "what_server_sees": "dpsnn.attacks",
+    "load_attacker": "dpsnn.checkpoints",
+    "load_classifier": "dpsnn.checkpoints",
+    "load_validator": "dpsnn.checkpoints",
+    "DEFENCES": "dpsnn.defences",
+    "LaplaceNoise": "dpsnn.defences",
+    "NoPeekLoss": "dpsnn.defences",
+    "canonical": "dpsnn.defences",
+    "parse_defence": "dpsnn.defences",
+    "register_defence": "dpsnn.defences",
+    "validate": "dpsnn.defences",
+    "distance_correlation": "dpsnn.stats",
+    "CheckpointError": "dpsnn.errors",
+    "ConfigError": "dpsnn.errors",
+    "DataError": "dpsnn.errors",
+    "DpsnnError": "dpsnn.errors",
+    "SplitNN": "dpsnn.models",
+    "Validator": "dpsnn.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dpsnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,7 +1,13 @@
 """Attacks: one module per attack, each a spec registered by name (see :mod:`dpsnn.attacks.base`).
 
-Importing this package registers every built-in attack.
+A module added to this package is found by :func:`registered_attacks` and
+:func:`make_attack`; the Lightning-based entries are imported only when first used.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from dpsnn.attacks.base import (
     ATTACKS,
@@ -14,19 +20,22 @@ from dpsnn.attacks.base import (
     make_attack,
     observe,
     register_attack,
+    registered_attacks,
 )
-from dpsnn.attacks.baseline import LabelOnly, LabelOnlyBaseline
-from dpsnn.attacks.inversion import Decoder, DecoderAttack, InversionAttacker, what_server_sees
+
+_ENTRIES = {
+    "LabelOnly": "dpsnn.attacks.baseline",
+    "LabelOnlyBaseline": "dpsnn.attacks.baseline",
+    "Decoder": "dpsnn.attacks.inversion",
+    "DecoderAttack": "dpsnn.attacks.inversion",
+    "InversionAttacker": "dpsnn.attacks.inversion",
+    "what_server_sees": "dpsnn.attacks.inversion",
+}
 
 __all__ = [
     "ATTACKS",
     "Attack",
     "AttackTraining",
-    "Decoder",
-    "DecoderAttack",
-    "InversionAttacker",
-    "LabelOnly",
-    "LabelOnlyBaseline",
     "Observation",
     "Reconstructions",
     "ThreatModel",
@@ -34,5 +43,12 @@ __all__ = [
     "make_attack",
     "observe",
     "register_attack",
-    "what_server_sees",
+    "registered_attacks",
+    *_ENTRIES,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ENTRIES:
+        raise AttributeError(f"module 'dpsnn.attacks' has no attribute {name!r}")
+    return getattr(importlib.import_module(_ENTRIES[name]), name)

@@ -24,6 +24,8 @@ file that defines a spec and registers it. Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -141,6 +143,15 @@ ATTACKS: dict[str, type[Attack]] = {}
 A = TypeVar("A", bound=type[Attack])
 
 
+def registered_attacks() -> dict[str, type[Attack]]:
+    """Every attack, by name: each module of :mod:`dpsnn.attacks` is imported (and so registers its own)."""
+    import dpsnn.attacks
+
+    for module in pkgutil.iter_modules(dpsnn.attacks.__path__):
+        importlib.import_module(f"dpsnn.attacks.{module.name}")
+    return dict(ATTACKS)
+
+
 def register_attack(name: str) -> Callable[[A], A]:
     """Class decorator: register an attack spec under ``name``."""
 
@@ -156,9 +167,10 @@ def register_attack(name: str) -> Callable[[A], A]:
 
 def make_attack(name: str, params: Mapping[str, Any] | None = None) -> Attack:
     """The attack registered as ``name`` with ``params``; :class:`ConfigError` when unknown."""
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack '{name}'; choose from {', '.join(sorted(ATTACKS))}")
-    return build_spec(ATTACKS[name], "attack", params)
+    attacks = ATTACKS if name in ATTACKS else registered_attacks()
+    if name not in attacks:
+        raise ConfigError(f"unknown attack '{name}'; choose from {', '.join(sorted(attacks))}")
+    return build_spec(attacks[name], "attack", params)
 
 
 def attack_from(value: Attack | str | Mapping[str, Any]) -> Attack:

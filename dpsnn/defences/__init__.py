@@ -1,6 +1,7 @@
 """Defences: one module per defence, each a spec registered by name (see :mod:`dpsnn.defences.base`).
 
-Importing this package registers every built-in defence.
+A module added to this package is found by :func:`registered_defences` and by every
+lookup of an unknown name.
 """
 
 from dpsnn.defences.base import (
@@ -16,6 +17,7 @@ from dpsnn.defences.base import (
     parse_canonical,
     parse_defence,
     register_defence,
+    registered_defences,
     validate,
 )
 from dpsnn.defences.noise import Laplace, LaplaceNoise
@@ -39,5 +41,6 @@ __all__ = [
     "parse_canonical",
     "parse_defence",
     "register_defence",
+    "registered_defences",
     "validate",
 ]

@@ -30,7 +30,9 @@ a spec and registers it. Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import pkgutil
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, get_type_hints
@@ -160,12 +162,21 @@ def register_defence(name: str) -> Callable[[D], D]:
     return register
 
 
+def registered_defences() -> dict[str, type[Defence]]:
+    """Every defence, by name: each module of :mod:`dpsnn.defences` is imported (and so registers its own)."""
+    import dpsnn.defences
+
+    for module in pkgutil.iter_modules(dpsnn.defences.__path__):
+        importlib.import_module(f"dpsnn.defences.{module.name}")
+    return dict(DEFENCES)
+
+
 def defence_class(name: str) -> type[Defence]:
     """The spec class registered as ``name``, or :class:`ConfigError` listing the known ones."""
-    try:
-        return DEFENCES[name]
-    except KeyError:
-        raise ConfigError(f"unknown defence '{name}'; choose from {', '.join(sorted(DEFENCES))}") from None
+    defences = DEFENCES if name in DEFENCES else registered_defences()
+    if name not in defences:
+        raise ConfigError(f"unknown defence '{name}'; choose from {', '.join(sorted(defences))}")
+    return defences[name]
 
 
 def _parameter_types(cls: type) -> dict[str, type]:
