@@ -1,5 +1,8 @@
 """Matplotlib figures, written as PNG files.
 
+Figures are drawn with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`
+and its ``savefig``), never through ``pyplot``: importing this module or drawing a figure
+changes no process-wide state (no backend is chosen, no figure is left registered).
 Example::
 
     from dpsnn.plots import reconstruction_grid
@@ -12,30 +15,29 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")  # files only; no screen is needed
-
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from dpsnn.files import atomic_path  # noqa: E402
+from dpsnn.files import atomic_path
 
 
 def reconstruction_grid(rows: Mapping[str, Tensor], path: str | Path, title: str | None = None) -> Path:
-    """One row of images per entry of ``rows`` (each ``(n, 1, H, W)`` in [0, 1]), labelled on the left."""
+    """One row of images per entry of ``rows`` (each ``(n, 1 or 3, H, W)`` in [0, 1]), labelled on the left."""
     if not rows:
         raise ValueError("reconstruction_grid needs at least one row of images")
     n_columns = max(len(images) for images in rows.values())
-    figure, axes = plt.subplots(
-        len(rows), n_columns, figsize=(1.1 * n_columns + 2.2, 1.15 * len(rows) + 0.4), squeeze=False
-    )
+    figure = Figure(figsize=(1.1 * n_columns + 2.2, 1.15 * len(rows) + 0.4))
+    axes = figure.subplots(len(rows), n_columns, squeeze=False)
     for row_axes, (label, images) in zip(axes, rows.items(), strict=True):
         for column, axis in enumerate(row_axes):
             axis.set_xticks([])
             axis.set_yticks([])
             if column < len(images):
-                axis.imshow(images[column].detach().cpu().squeeze(0).numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+                image = images[column].detach().cpu().clamp(0.0, 1.0)
+                if image.shape[0] == 3:  # colour: matplotlib wants (H, W, 3)
+                    axis.imshow(image.permute(1, 2, 0).numpy())
+                else:
+                    axis.imshow(image.squeeze(0).numpy(), cmap="gray", vmin=0.0, vmax=1.0)
             else:
                 axis.axis("off")
         row_axes[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
@@ -44,13 +46,10 @@ def reconstruction_grid(rows: Mapping[str, Tensor], path: str | Path, title: str
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: str | Path) -> Path:
+def _save(figure: Figure, path: str | Path) -> Path:
     figure.tight_layout()
-    try:
-        with atomic_path(path) as partial:
-            figure.savefig(partial, dpi=120, format="png")
-    finally:
-        plt.close(figure)
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=120, format="png")
     return Path(path)
 
 
@@ -71,7 +70,8 @@ def privacy_utility_frontier(
     second panel zooms on the settings within ``zoom_points`` of it.
     """
     panels = 2 if reference_accuracy is not None else 1
-    figure, axes = plt.subplots(1, panels, figsize=(7.0 * panels, 5.2), squeeze=False)
+    figure = Figure(figsize=(7.0 * panels, 5.2))
+    axes = figure.subplots(1, panels, squeeze=False)
     for index, axis in enumerate(axes[0]):
         zoomed = index == 1
         for label, rows in groups.items():
@@ -120,7 +120,8 @@ def measure_curves(
 
     ``panels`` is a list of ``(y label, [(column, legend label), ...])``, one panel each.
     """
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    figure = Figure(figsize=(5.0 * len(panels), 3.8))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     xs = [r[x] for r in rows]
     for axis, (ylabel, series) in zip(axes[0], panels, strict=True):
         for column, label in series:
@@ -154,7 +155,8 @@ def heatmaps(
     """One annotated heat map per ``(column, label)`` in ``measures``, over the grid of ``x`` by ``y`` values."""
     xs = sorted({r[x] for r in rows})
     ys = sorted({r[y] for r in rows})
-    figure, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 4.0), squeeze=False)
+    figure = Figure(figsize=(4.6 * len(measures), 4.0))
+    axes = figure.subplots(1, len(measures), squeeze=False)
     for axis, (column, label) in zip(axes[0], measures, strict=True):
         grid = [[float("nan")] * len(xs) for _ in ys]
         for r in rows:
@@ -184,7 +186,8 @@ def bars(
     title: str | None = None,
 ) -> Path:
     """Grouped bars with standard-error whiskers: one group per row, one bar per ``(column, label)``."""
-    figure, axis = plt.subplots(figsize=(1.8 * len(rows) + 3.0, 3.8))
+    figure = Figure(figsize=(1.8 * len(rows) + 3.0, 3.8))
+    axis = figure.subplots()
     width = 0.8 / max(1, len(measures))
     for k, (column, label) in enumerate(measures):
         positions = [i + (k - (len(measures) - 1) / 2) * width for i in range(len(rows))]

@@ -8,6 +8,7 @@ Suites: plain, noise, nopeek, combo, post-noise, data-volume, aux-shift, all. Ev
 recorded in <results-dir>/runs.csv as soon as it finishes; a second call skips finished
 runs and redoes any that was killed half-way. Tables (mean ± SE over seeds) go to
 <results-dir>/summary.csv and <results-dir>/tables/, figures to <results-dir>/figures/.
+A runs.csv of an earlier results schema is migrated first, with a line saying so.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info
 from dpsnn.errors import ResultsError
 from dpsnn.experiments.report import SUMMARY_FILE, draw_figures, update_report, write_tables
 from dpsnn.experiments.runner import ExperimentRunner
-from dpsnn.experiments.store import RUNS_FILE
+from dpsnn.experiments.store import RUNS_FILE, upgrade
 from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, customised, expand_suites
-from dpsnn.experiments.summary import best_within, defence_label, undefended
+from dpsnn.experiments.summary import best_within, undefended
 from dpsnn.results import RESULTS_DIR
 
 BUDGET_FLAGS = {
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir = args.results_dir or RESULTS_DIR / f"experiments{suffix}"
     models_dir = args.models_dir or Path("models") / f"experiments{suffix}"
     report = args.report or (None if args.quick else RESULTS_DIR / "REPORT.md")
+    migrated = upgrade(results_dir)  # a table of an unknown schema fails here, before any work
+    if migrated:
+        print(migrated)
 
     bar = tqdm(desc="runs", unit="run", dynamic_ncols=True, disable=None)  # no bar when not a terminal
 
@@ -109,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if best:
         print(
-            f"smallest SSIM gap within 1 point of accuracy: {defence_label(best)} "
+            f"smallest SSIM gap within 1 point of accuracy: {best['label']} "
             f"(accuracy {best['accuracy']:.4f} ± {best['accuracy_se']:.4f}, "
             f"SSIM gap {best['gap_ssim']:.3f} ± {best['gap_ssim_se']:.3f})"
         )

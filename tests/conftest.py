@@ -1,10 +1,13 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures and helpers shared by several test modules."""
 
+import csv
 from pathlib import Path
 
 import pytest
+import torch
 
 from dpsnn.experiments.runner import ExperimentRunner
+from dpsnn.experiments.store import RUNS_FILE, V1_COLUMNS
 from dpsnn.experiments.suites import QUICK, customised
 
 # A budget small enough for tests: it checks the plumbing of the runner, not the numbers.
@@ -35,3 +38,49 @@ def tiny_runner(data_root):
         )
 
     return make
+
+
+# Settings of a schema-1 table: noise_scale, nopeek_weight, wire_noise, aux_source, aux_size, test_classes.
+V1_SETTINGS = [
+    ("0", "0", "0", "same", "5000", "all"),
+    ("0.5", "0.25", "0.5", "same", "5000", "all"),
+    ("0", "0", "2", "same", "5000", "all"),  # noise switched on after training
+    ("0", "0", "0", "other-classes", "2500", "lower-half"),
+    ("0", "0", "0", "same", "100", "all"),
+]
+V1_SUITES = ["plain noise nopeek combo post-noise data-volume", "combo", "post-noise", "aux-shift", "data-volume"]
+V1_SETTING_COLUMNS = ("noise_scale", "nopeek_weight", "wire_noise", "aux_source", "aux_size", "test_classes")
+
+
+def write_v1_table(folder: Path) -> list[dict[str, str]]:
+    """A schema-1 ``runs.csv`` in the exact layout of earlier versions, and two kept samples; return its rows.
+
+    The numbers are odd-looking text (``1e-05``, ``-0.0350979``) so that carrying them over
+    unchanged can be checked as text.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, setting in enumerate(V1_SETTINGS):
+        noise, nopeek, wire, source, size, test = setting
+        key = f"fashion-mnist_seed0_{noise}noise_{nopeek}nopeek_{wire}wire_{source}{size}aux_{test}test"
+        key = key.replace(".", "")
+        row = dict.fromkeys(V1_COLUMNS, "") | dict(zip(V1_SETTING_COLUMNS, setting, strict=True))
+        row |= {"schema_version": "1", "key": key, "status": "ok", "budget": "full", "suites": V1_SUITES[index]}
+        row |= {"seed": "0"}
+        row |= {"dataset": "fashion-mnist", "n_aux": size, "n_test": "10000", "best_epoch": "2"}
+        row |= {"accuracy": f"0.89{index}1", "accuracy_se": "0.00311906", "gap_ssim": "-0.0350979", "gap_dcor": "1e-05"}
+        row |= {"model_seconds": "49.6322", "attack_seconds": "55.9086", "code": "1b4b7c87360d"}
+        rows.append(row)
+    rows[-1] |= {"status": "diverged", "note": "non-finite loss, at step 3", "accuracy": ""}
+    with open(folder / RUNS_FILE, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=V1_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "samples").mkdir(exist_ok=True)
+    for index, fill in ((0, 0.0), (2, 1.0)):
+        images = torch.full((2, 1, 28, 28), fill).half()
+        torch.save(
+            {"originals": images, "attack": images, "baseline": images},
+            folder / "samples" / f"{rows[index]['key']}.pt",
+        )
+    return rows

@@ -1,6 +1,8 @@
 """The resumable runner and run_experiments.py, on a tiny budget of real Fashion-MNIST images."""
 
 import csv
+import json
+import math
 import os
 import signal
 import subprocess
@@ -10,14 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BUDGET
+from conftest import TINY_BUDGET, write_v1_table
 
 from dpsnn.data import Split
+from dpsnn.defences import Laplace
 from dpsnn.experiments.report import SUMMARY_FILE, generated_blocks, report_blocks
-from dpsnn.experiments.runner import load_samples
-from dpsnn.experiments.store import RUNS_FILE, RunStore, read_runs
-from dpsnn.experiments.suites import QUICK, suite_configs
+from dpsnn.experiments.runner import ExperimentRunner, load_samples
+from dpsnn.experiments.store import RUN_COLUMNS, RUNS_FILE, RunStore, read_runs, upgrade
+from dpsnn.experiments.suites import FULL, QUICK, SUITES, RunConfig, undefended_config
 from dpsnn.experiments.summary import summarise
+
+POST_NOISE = SUITES["post-noise"].grid(QUICK).values
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in TINY_BUDGET.items()]
@@ -25,13 +30,18 @@ TINY_FLAGS = [f"--{name.replace('_', '-')}={value}" for name, value in TINY_BUDG
 
 def test_a_suite_runs_once_and_a_second_call_does_nothing(tmp_path, tiny_runner):
     runner = tiny_runner(tmp_path)
-    assert runner.run(["plain", "post-noise"], seeds=2) == 2 * len(suite_configs("post-noise", "x", runner.budget))
+    assert runner.run(["plain", "post-noise"], seeds=2) == 2 * len(SUITES["post-noise"].configs("x", runner.budget))
     rows = read_runs(runner.results_dir)
     assert all(row["status"] == "ok" for row in rows)
     assert len({row["key"] for row in rows}) == len(rows)
     # Post-noise attacks the model trained without noise: it was trained once per seed.
     assert sum(row["model_seconds"] > 0 for row in rows) == 2
-    assert {row["wire_noise"] for row in rows} == set(QUICK.post_noise_scales)
+    assert {row["defences"] for row in rows} == {"none"} and {row["attack"] for row in rows} == {"decoder"}
+    assert {json.loads(row["params"]).get("inference_defences") for row in rows} == {None, "laplace(scale=0.5)"}
+    assert {SUITES["post-noise"].values(RunConfig.from_row(row)) for row in rows} == {(b,) for b in POST_NOISE}
+    # The noisy wire is what was attacked: its leakage differs from the clean wire's on the same model.
+    by_wire = {json.loads(row["params"]).get("inference_defences"): row for row in rows if row["seed"] == 0}
+    assert by_wire[None]["dcor"] != by_wire["laplace(scale=0.5)"]["dcor"]
     before = (runner.results_dir / RUNS_FILE).read_bytes()
     assert tiny_runner(tmp_path).run(["plain", "post-noise"], seeds=2) == 0
     assert (runner.results_dir / RUNS_FILE).read_bytes() == before
@@ -39,17 +49,25 @@ def test_a_suite_runs_once_and_a_second_call_does_nothing(tmp_path, tiny_runner)
     assert samples["attack"].shape == samples["originals"].shape == (8, 1, 28, 28)
 
 
-def test_extensions_grow_until_accuracy_collapses(tmp_path, tiny_runner):
+def test_extensions_grow_until_accuracy_collapses(tmp_path, tiny_runner, monkeypatch):
+    # What a defence measures about its trained model becomes metric columns of its runs.
+    monkeypatch.setattr(Laplace, "measures", lambda self, model: {"scale_seen": self.scale}, raising=True)
     runner = tiny_runner(tmp_path)
     runner.run(["noise"], seeds=1)
-    scales = sorted(row["noise_scale"] for row in read_runs(runner.results_dir))
-    assert scales[: len(QUICK.noise_scales)] == sorted(QUICK.noise_scales)
+    rows = read_runs(runner.results_dir)
+    noise = SUITES["noise"]
+    scales = sorted(noise.values(RunConfig.from_row(row))[0] for row in rows)
+    grid = noise.grid(QUICK)
+    assert scales[: len(grid.values)] == sorted(grid.values)
     # The one extension value (2.0) runs only if accuracy at 0.5 had not collapsed.
+    last = noise.configs("fashion-mnist", runner.budget)[-1]
     with RunStore(runner.results_dir) as store:
-        at_half = store.get(suite_configs("noise", "fashion-mnist", runner.budget)[-1].key)
-        expect_extension = not runner._has_collapsed(suite_configs("noise", "fashion-mnist", runner.budget)[-1], store)
+        at_half = store.get(last.key)
+        expect_extension = not runner._has_collapsed(last, store)
     assert at_half is not None
-    assert (2.0 in scales) == expect_extension
+    assert (grid.extension[0] in scales) == expect_extension
+    assert [row["laplace_scale_seen"] for row in rows if row["defences"] != "none"] == scales[1:]
+    assert math.isnan(next(row for row in rows if row["defences"] == "none")["laplace_scale_seen"])
 
 
 def test_a_diverged_run_is_recorded_as_diverged_and_not_redone(tmp_path, tiny_runner):
@@ -89,12 +107,12 @@ def test_killed_half_way_the_script_loses_nothing_and_duplicates_nothing(tmp_pat
     process.send_signal(signal.SIGKILL)
     process.communicate()
     survivors = read_runs(results)
-    assert 1 <= len(survivors) < len(QUICK.post_noise_scales)
+    assert 1 <= len(survivors) < len(POST_NOISE)
     finished = script(*common, cwd=tmp_path)
     out, err = finished.communicate(timeout=600)
     assert finished.returncode == 0, err[-2000:]
     rows = read_runs(results)
-    assert len(rows) == len({row["key"] for row in rows}) == len(QUICK.post_noise_scales)
+    assert len(rows) == len({row["key"] for row in rows}) == len(POST_NOISE)
     assert [row for row in rows if row["key"] in {s["key"] for s in survivors}] == survivors
     assert (results / SUMMARY_FILE).is_file() and (results / "figures" / "post-noise_curves.png").is_file()
     again = script(*common, cwd=tmp_path)
@@ -194,8 +212,66 @@ def test_what_the_runner_measures_matches_the_library(tmp_path, tiny_runner):
     runner = tiny_runner(tmp_path)
     runner.run(["plain"], seeds=1)
     (row,) = read_runs(runner.results_dir)
-    config = suite_configs("plain", "fashion-mnist", runner.budget)[0]
+    config = undefended_config("fashion-mnist", runner.budget)
     model = load_classifier(runner.model_path(config))
     again = evaluate_classifier(model, runner.splits("fashion-mnist", 0).test, seed=0)
     assert row["accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
     assert torch.isfinite(torch.tensor(row["gap_ssim"]))
+
+
+def test_the_script_migrates_a_schema_1_table_with_one_line(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import run_experiments
+
+    results = tmp_path / "r"
+    old = write_v1_table(results)
+    with pytest.raises(SystemExit) as exit_info:
+        run_experiments.run(
+            run_experiments.main,
+            ["plain", "--tables-only", "--results-dir", str(results), "--report", str(tmp_path / "REPORT.md")],
+        )
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"migrated {results / RUNS_FILE} from results schema 1 to 2"
+    assert sum("migrated" in line for line in lines) == 1
+    with open(results / RUNS_FILE, newline="") as file:
+        header = next(csv.reader(file))
+    assert tuple(header[: len(RUN_COLUMNS)]) == RUN_COLUMNS and len(read_runs(results)) == len(old)
+    assert (results / SUMMARY_FILE).is_file() and (results / "figures" / "grid_plain.png").is_file()
+    assert upgrade(results) is None  # migrated once: nothing left to do
+    assert not (tmp_path / "REPORT.md").exists()  # a missing report is left missing
+
+
+def test_the_runner_migrates_before_it_runs_and_finds_the_migrated_runs(tmp_path, data_root):
+    old = write_v1_table(tmp_path / "results")
+    said = []
+    runner = ExperimentRunner(
+        FULL, "fashion-mnist", tmp_path / "results", tmp_path / "models", data_root, say=said.append
+    )
+    # The schema-1 table holds the undefended run of the full budget: once migrated, it is found.
+    assert runner.run(["plain"], seeds=1) == 0
+    assert said == [f"migrated {tmp_path / 'results' / RUNS_FILE} from results schema 1 to 2"]
+    rows = read_runs(runner.results_dir)
+    assert len(rows) == len(old) and rows[0]["key"] == undefended_config("fashion-mnist", FULL).key
+    assert not (tmp_path / "models").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("accuracy_at_last, extended", [(0.85, True), (0.3, False)])
+def test_the_extension_is_tried_only_while_accuracy_holds(tmp_path, tiny_runner, accuracy_at_last, extended):
+    """The collapse rule on recorded rows (no training): seed 0 decides, later seeds repeat what seed 0 ran."""
+    runner = tiny_runner(tmp_path)
+    noise = SUITES["noise"]
+    grid, extension = (
+        noise.configs("fashion-mnist", runner.budget),
+        noise.extension_configs("fashion-mnist", runner.budget),
+    )
+    with RunStore(runner.results_dir) as store:
+        for config in grid:
+            accuracy = accuracy_at_last if config == grid[-1] else 0.9
+            store.add({"key": config.key, "status": "ok", **config.as_row(), "accuracy": accuracy})
+        first = list(runner._extensions("noise", 0, store))
+        assert first == (extension[:1] if extended else [])
+        assert list(runner._extensions("noise", 1, store)) == []  # seed 0 has not run it yet
+        if extended:
+            store.add({"key": extension[0].key, "status": "ok", **extension[0].as_row(), "accuracy": 0.2})
+            assert [c.seed for c in runner._extensions("noise", 1, store)] == [1]

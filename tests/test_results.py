@@ -1,4 +1,6 @@
 import csv
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,20 @@ def test_a_failed_write_leaves_the_old_table(tmp_path):
 def test_format_measure():
     assert format_measure({"x": 0.91234, "x_se": 0.004}, "x") == "0.9123 ± 0.0040"
     assert format_measure({"x": 1.0}, "x", digits=1) == "1.0"
+
+
+def test_plots_change_no_process_wide_state(tmp_path):
+    """Importing dpsnn.plots and drawing with it chooses no backend and loads no pyplot."""
+    code = (
+        "import sys, matplotlib, torch\n"
+        "from dpsnn import plots\n"
+        "path = plots.reconstruction_grid({'a': torch.rand(2, 1, 8, 8)}, sys.argv[1], title='t')\n"
+        "assert path.stat().st_size > 0\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+        "assert matplotlib.rcParams._get_backend_or_none() is None, 'a backend was chosen'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "grid.png")], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")

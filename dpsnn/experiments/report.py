@@ -21,14 +21,14 @@ from typing import Any
 from dpsnn import plots
 from dpsnn.experiments.runner import load_samples
 from dpsnn.experiments.store import read_runs
-from dpsnn.experiments.suites import SUITES, RunConfig
+from dpsnn.experiments.suites import SUITES, UNDEFENDED
 from dpsnn.experiments.summary import (
-    MEASURES,
-    SETTING_COLUMNS,
-    SUITE_PARAMETERS,
+    SUMMARY_FIELDS,
     best_within,
-    defence_label,
+    config_of,
+    family,
     frontier_points,
+    measures_of,
     pareto_front,
     suite_table,
     summarise,
@@ -40,40 +40,26 @@ from dpsnn.results import format_measure, write_table
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
 SUMMARY_FILE = "summary.csv"
-SUMMARY_COLUMNS = (
-    *SETTING_COLUMNS,
-    "budget",
-    "suites",
-    "n_seeds",
-    "n_diverged",
-    "n_test",
-    "n_aux",
-    *(c for m in MEASURES for c in (m, f"{m}_se")),
-)
+
+
+def summary_columns(summary: Sequence[Mapping[str, Any]], axes: Sequence[str] = ()) -> list[str]:
+    """The columns of ``summary.csv`` (with ``axes``, of a suite's table): the setting, then mean and SE per measure."""
+    label, *rest = SUMMARY_FIELDS
+    measures = measures_of(summary)
+    return [label, *axes, *rest, *(c for m in measures for c in (m, f"{m}_se"))]
 
 
 def write_tables(results_dir: str | Path) -> list[dict[str, Any]]:
     """Write ``summary.csv`` and ``tables/<suite>.csv`` (mean and SE over seeds); return the summary."""
     results_dir = Path(results_dir)
     summary = summarise(read_runs(results_dir))
-    write_table(results_dir / SUMMARY_FILE, summary, list(SUMMARY_COLUMNS))
-    for suite in SUITES:
-        rows = suite_table(summary, suite)
+    write_table(results_dir / SUMMARY_FILE, summary, summary_columns(summary))
+    for name, suite in SUITES.items():
+        rows = suite_table(summary, name)
         if rows:
-            write_table(results_dir / TABLES_DIR / f"{suite}.csv", rows, list(SUMMARY_COLUMNS))
+            columns = summary_columns(summary, [axis.column for axis in suite.axes])
+            write_table(results_dir / TABLES_DIR / f"{name}.csv", rows, columns)
     return summary
-
-
-def _family(row: Mapping[str, Any]) -> str:
-    if row["wire_noise"] != row["noise_scale"]:
-        return "noise at inference only"
-    if row["noise_scale"] > 0 and row["nopeek_weight"] > 0:
-        return "noise + NoPeek"
-    if row["noise_scale"] > 0:
-        return "Laplacian noise"
-    if row["nopeek_weight"] > 0:
-        return "NoPeek"
-    return "undefended"
 
 
 def draw_figures(results_dir: str | Path, summary: Sequence[Mapping[str, Any]]) -> list[Path]:
@@ -86,7 +72,7 @@ def draw_figures(results_dir: str | Path, summary: Sequence[Mapping[str, Any]]) 
     if points:
         groups: dict[str, list[Mapping[str, Any]]] = {}
         for row in points:
-            groups.setdefault(_family(row), []).append(row)
+            groups.setdefault(family(row), []).append(row)
         drawn.append(
             plots.privacy_utility_frontier(
                 groups,
@@ -96,57 +82,47 @@ def draw_figures(results_dir: str | Path, summary: Sequence[Mapping[str, Any]]) 
                 title="Privacy-utility frontier (mean ± SE over seeds)",
             )
         )
-    for suite in CURVES:
-        path = curve_figure(summary, suite, figures / f"{suite}_curves.png")
-        if path:
-            drawn.append(path)
-    for suite in SUITES:
-        grid = _grid_rows(results_dir, suite_table(summary, suite), suite)
+    for name, suite in SUITES.items():
+        if suite.curves:
+            path = curve_figure(summary, name, figures / f"{name}_curves.png")
+            if path:
+                drawn.append(path)
+    for name in SUITES:
+        grid = _grid_rows(results_dir, suite_table(summary, name), name)
         if grid:
-            drawn.append(plots.reconstruction_grid(grid, figures / f"grid_{suite}.png", title=f"{suite}: seed 0"))
+            drawn.append(plots.reconstruction_grid(grid, figures / f"grid_{name}.png", title=f"{name}: seed 0"))
     return drawn
-
-
-ACCURACY_PANEL = ("test accuracy", [("accuracy", "test accuracy")])
-LEAK_PANEL = ("dCor(x, what the server sees)", [("dcor", "dCor(x, h̃)")])
-SSIM_PANEL = ("SSIM to the original", [("attack_ssim", "attack"), ("baseline_ssim", "label-only baseline")])
-VALIDATOR_PANEL = (
-    "Validator accuracy",
-    [("attack_validator_acc", "on the attack"), ("baseline_validator_acc", "on the baseline")],
-)
-# suite: (parameter, axis label, log-like axis, panels)
-CURVES = {
-    "noise": ("noise_scale", "Laplace scale b (trained and attacked with it)", True, (ACCURACY_PANEL, SSIM_PANEL)),
-    "nopeek": ("nopeek_weight", "NoPeek weight w", True, (ACCURACY_PANEL, SSIM_PANEL)),
-    "post-noise": ("wire_noise", "Laplace scale b, switched on after training", True, (ACCURACY_PANEL, SSIM_PANEL)),
-    "data-volume": ("aux_size", "attacker's auxiliary images", False, (SSIM_PANEL, VALIDATOR_PANEL)),
-}
 
 
 def curve_figure(
     summary: Sequence[Mapping[str, Any]], suite: str, path: str | Path, panels: Sequence[Any] | None = None
 ) -> Path | None:
-    """Measures of ``suite`` against what it varies (mean ± SE over seeds); None if it has under two settings."""
-    x, xlabel, symlog, default_panels = CURVES[suite]
+    """Measures of ``suite`` against what it varies (mean ± SE over seeds); None if it has under two settings.
+
+    ``panels`` defaults to the suite's curves; the x axis is the suite's first axis.
+    """
+    entry = SUITES[suite]
+    if not entry.axes:
+        raise ValueError(f"suite {suite!r} varies nothing to draw curves against")
+    axis = entry.axes[0]
     rows = suite_table(summary, suite)
     if len(rows) < 2:
         return None
-    return plots.measure_curves(rows, x, panels or default_panels, path, xlabel, symlog, title=suite)
+    return plots.measure_curves(rows, axis.column, panels or entry.curves, path, axis.label, axis.log, title=suite)
 
 
 def _grid_rows(results_dir: Path, rows: Sequence[Mapping[str, Any]], suite: str) -> dict[str, Any]:
+    axes = SUITES[suite].axes
     grid: dict[str, Any] = {}
     for row in rows:
-        key = RunConfig(**{column: row[column] for column in SETTING_COLUMNS}, seed=0).key
-        samples = load_samples(results_dir, key)
+        samples = load_samples(results_dir, config_of(row, seed=0).key)
         if samples is None:
             continue
         if not grid:
             grid["original"] = samples["originals"]
-        parameters = SUITE_PARAMETERS[suite]
-        label = ", ".join(f"{p.replace('_', ' ')} {row[p]:g}" if p != "aux_source" else row[p] for p in parameters)
+        label = ", ".join(axis.text(row[axis.column]) for axis in axes)
         grid[label or "attack"] = samples["attack"]
-        if suite == "plain":
+        if suite == UNDEFENDED:
             grid["label-only baseline"] = samples["baseline"]
     return grid
 
@@ -157,7 +133,7 @@ BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- e
 
 
 def _cell(row: Mapping[str, Any], measure: str, digits: int) -> str:
-    value = row[measure]
+    value = row.get(measure, math.nan)
     return "–" if isinstance(value, float) and math.isnan(value) else format_measure(row, measure, digits)
 
 
@@ -175,10 +151,11 @@ REPORT_COLUMNS = (
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], label: str = "defence") -> str:
+    """A Markdown table of summary rows: each setting's label, the report's measures (mean ± SE), the seeds."""
     header = [label, *(title for title, _, _ in REPORT_COLUMNS), "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [_setting_label(row)]
+        cells = [row["label"]]
         cells += [_cell(row, measure, digits) for _, measure, digits in REPORT_COLUMNS]
         diverged = f" ({row['n_diverged']} diverged)" if row["n_diverged"] else ""
         cells.append(f"{row['n_seeds']}{diverged}")
@@ -186,17 +163,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], label: str = "defence") ->
     return "\n".join(lines)
 
 
-def _setting_label(row: Mapping[str, Any]) -> str:
-    label = defence_label(row)
-    if row["aux_source"] != "same" or row["test_classes"] != "all":
-        label += f"; aux {row['aux_source']}, scored on {row['test_classes']} classes"
-    elif "data-volume" in row["suites"].split() and "plain" not in row["suites"].split():
-        label += f"; {row['aux_size']} aux images"
-    return label
-
-
 # The 2021 reference's table for its noise + NoPeek combinations (MNIST; its attacker
 # was trained on the clean intermediate tensor, not on what the server saw).
+REFERENCE_SUITE = "combo"
 REFERENCE = {
     "accuracy": "96.8–98.2%",
     "dcor": "0.41–0.67",
@@ -207,7 +176,7 @@ REFERENCE = {
 
 
 def _span(rows: Sequence[Mapping[str, Any]], measure: str, percent: bool = False) -> str:
-    values = [row[measure] for row in rows if not math.isnan(row[measure])]
+    values = [row[measure] for row in rows if not math.isnan(row.get(measure, math.nan))]
     if not values:
         return "–"
     low, high = min(values), max(values)
@@ -216,7 +185,8 @@ def _span(rows: Sequence[Mapping[str, Any]], measure: str, percent: bool = False
 
 def reference_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """The 2021 reference's ranges beside this toolkit's, over the settings with both defences on."""
-    both = [row for row in suite_table(summary, "combo") if row["noise_scale"] > 0 and row["nopeek_weight"] > 0]
+    axes = [axis.column for axis in SUITES[REFERENCE_SUITE].axes]
+    both = [row for row in suite_table(summary, REFERENCE_SUITE) if all(row[column] > 0 for column in axes)]
     lines = [
         f"| over the noise + NoPeek settings | 2021 reference | dpsnn ({len(both)} settings, means over seeds) |",
         "|---|---|---|",
@@ -250,7 +220,7 @@ def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         closed = best["gap_ssim"] - 2 * best["gap_ssim_se"] <= 0
         blocks["verdict"] = (
             f"Within 1 point of the undefended accuracy ({plain['accuracy']:.4f}), the smallest SSIM gap "
-            f"is **{defence_label(best)}**: accuracy {_cell(best, 'accuracy', 4)}, SSIM gap "
+            f"is **{best['label']}**: accuracy {_cell(best, 'accuracy', 4)}, SSIM gap "
             f"{_cell(best, 'gap_ssim', 3)} (undefended: {_cell(plain, 'gap_ssim', 3)}). "
             + (
                 "Its gap is within two standard errors of zero: the attack is no better than the label."

@@ -11,6 +11,11 @@ killed half-way restarts from its model. Example::
 
     runner = ExperimentRunner(QUICK, "fashion-mnist", "results/experiments-quick", "models/experiments-quick")
     done = runner.run(["noise", "nopeek"], seeds=2)   # the number of runs it did now
+
+A run trains the model with ``train_classifier(architecture=..., defences=...)``, puts
+the configuration's inference defences on its wire, fits the configuration's attack
+(``Attack.fit``) and scores it with :func:`dpsnn.evaluation.evaluate_attack`; every metric
+the result names, and every number the defences' ``measures`` report, is recorded.
 """
 
 from __future__ import annotations
@@ -25,29 +30,40 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dpsnn.attacks.baseline import LabelOnlyBaseline
-from dpsnn.attacks.inversion import InversionAttacker
+from dpsnn.attacks.base import AttackTraining, Reconstructions, attack_from
 from dpsnn.checkpoints import VALIDATORS_DIR, load_classifier, save_checkpoint
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, ensure_dataset, make_splits
 from dpsnn.errors import DataError, TrainingDiverged
 from dpsnn.evaluation import evaluate_attack, evaluate_classifier, reconstruct
-from dpsnn.experiments.store import METRIC_COLUMNS, RunStore, current_code_version
+from dpsnn.experiments.store import SAMPLES_DIR, RunStore, current_code_version
 from dpsnn.experiments.suites import (
     OTHER_DATASET,
+    SUITES,
     Budget,
     RunConfig,
     collapsed,
     expand_suites,
-    extension_configs,
-    suite_configs,
     suites_of,
+    undefended_config,
 )
 from dpsnn.files import atomic_path
 from dpsnn.models import SplitNN
-from dpsnn.training import obtain_validator, train_attacker, train_classifier
+from dpsnn.training import obtain_validator, train_classifier
 
-SAMPLES_DIR = "samples"
 N_SAMPLES = 8  # test images whose reconstructions are kept (first seed only) for the figures
+
+
+# Counts that evaluate_attack returns beside its metrics (n_test has its own column).
+COUNTS = frozenset({"n_test", "n_aux_baseline"})
+
+
+def defence_measures(model: SplitNN) -> dict[str, float]:
+    """What each defence reports about the trained model, as ``<defence>_<measure>`` metric columns."""
+    row: dict[str, float] = {}
+    for defence in model.defences:
+        prefix = defence.name.replace("-", "_")
+        row |= {f"{prefix}_{name}": float(value) for name, value in defence.measures(model).items()}
+    return row
 
 
 def class_half(split: Split, num_classes: int, upper: bool = False) -> Split:
@@ -76,6 +92,7 @@ class ExperimentRunner:
     data_dir: str | Path = DEFAULT_DATA_DIR
     validators_dir: str | Path = VALIDATORS_DIR
     progress: bool = True
+    say: Callable[[str], None] | None = print  # where a line such as "migrated ..." goes
 
     def __post_init__(self) -> None:
         self.results_dir, self.models_dir = Path(self.results_dir), Path(self.models_dir)
@@ -93,8 +110,8 @@ class ExperimentRunner:
         """The fixed configurations of ``suites`` for ``seed``, each once, in order."""
         other = self.other_dataset()
         configs: list[RunConfig] = []
-        for suite in expand_suites(list(suites)):
-            for config in suite_configs(suite, self.dataset, self.budget, seed, other):
+        for suite in expand_suites(suites):
+            for config in SUITES[suite].configs(self.dataset, self.budget, seed, other):
                 if config not in configs:
                     configs.append(config)
         return configs
@@ -108,9 +125,11 @@ class ExperimentRunner:
         with an extension (noise, nopeek) grow on the first seed until accuracy
         collapses; later seeds repeat the values the first seed needed.
         """
-        suites = expand_suites(list(suites))
+        suites = expand_suites(suites)
         done_now = 0
         with RunStore(self.results_dir) as store:
+            if store.migrated and self.say:
+                self.say(store.migrated)
             for seed in range(seeds):
                 for config in self.planned(suites, seed):
                     done_now += self._run_once(config, store, on_row)
@@ -122,15 +141,16 @@ class ExperimentRunner:
     def _extensions(self, suite: str, seed: int, store: RunStore) -> Iterable[RunConfig]:
         """The extension values of ``suite`` for ``seed``, decided one at a time."""
         first_seed = 0
-        grid = suite_configs(suite, self.dataset, self.budget, first_seed)
-        for config in extension_configs(suite, self.dataset, self.budget, seed):
+        entry = SUITES[suite]
+        grid = entry.configs(self.dataset, self.budget, first_seed)
+        for config in entry.extension_configs(self.dataset, self.budget, seed):
             at_first_seed = replace(config, seed=first_seed)
             if seed != first_seed:
                 if store.get(at_first_seed.key) is None:
                     return
                 yield config
                 continue
-            tried = grid + extension_configs(suite, self.dataset, self.budget, first_seed)
+            tried = grid + entry.extension_configs(self.dataset, self.budget, first_seed)
             previous = tried[tried.index(at_first_seed) - 1]
             if self._has_collapsed(previous, store):
                 return
@@ -138,7 +158,7 @@ class ExperimentRunner:
 
     def _has_collapsed(self, config: RunConfig, store: RunStore) -> bool:
         row = store.get(config.key)
-        plain = store.get(suite_configs("plain", self.dataset, self.budget, config.seed)[0].key)
+        plain = store.get(undefended_config(self.dataset, self.budget, config.seed).key)
         if row is None or plain is None:
             return True  # nothing to extend from
         if row["status"] != "ok" or math.isnan(row["accuracy"]):
@@ -182,8 +202,8 @@ class ExperimentRunner:
         started = time.perf_counter()
         model, epoch = train_classifier(
             self.splits(config.dataset, config.seed),
-            noise_scale=config.noise_scale,
-            nopeek_weight=config.nopeek_weight,
+            architecture=config.architecture,
+            defences=config.defences,
             learning_rate=self.budget.learning_rate,
             batch_size=self.budget.batch_size,
             max_epochs=self.budget.model_epochs,
@@ -222,21 +242,21 @@ class ExperimentRunner:
         except TrainingDiverged as error:
             return row | {"status": "diverged", "note": str(error)}
         row |= {"best_epoch": epoch, "model_seconds": model_seconds}
-        target.set_noise(config.wire_noise)
+        row |= defence_measures(target)
+        if config.inference_defences is not None:
+            target.set_wire(config.inference_defences)
         attacker_aux, baseline_aux, test = self.attack_data(config, splits)
         started = time.perf_counter()
         row |= {"n_aux": len(attacker_aux), "n_test": len(test)}
         row |= evaluate_classifier(target, test, seed=config.seed)
+        training = AttackTraining(
+            learning_rate=self.budget.learning_rate,
+            batch_size=self.budget.batch_size,
+            max_steps=self.budget.attack_steps,
+            progress=self.progress,
+        )
         try:
-            attacker = train_attacker(
-                target,
-                attacker_aux.images,
-                learning_rate=self.budget.learning_rate,
-                batch_size=self.budget.batch_size,
-                max_steps=self.budget.attack_steps,
-                seed=config.seed,
-                progress=self.progress,
-            )
+            attacker = config.attack.fit(target, attacker_aux, training, seed=config.seed)
         except TrainingDiverged as error:
             return row | {"status": "diverged", "note": str(error), "attack_seconds": time.perf_counter() - started}
         validator = obtain_validator(
@@ -247,24 +267,23 @@ class ExperimentRunner:
             progress=self.progress,
         )
         measured = evaluate_attack(target, attacker, test, baseline_aux, validator=validator, seed=config.seed)
-        row |= {name: value for name, value in measured.items() if name in METRIC_COLUMNS}
+        row |= {name: value for name, value in measured.items() if name not in COUNTS}
         row |= {"status": "ok", "attack_seconds": time.perf_counter() - started}
-        if config.seed == 0:
-            self._keep_samples(config, target, attacker, test, baseline_aux, splits.num_classes)
+        if config.seed == 0 and issubclass(config.attack.result, Reconstructions):
+            self._keep_samples(config, target, attacker, test, baseline_aux)
         return row
 
     def _keep_samples(
         self,
         config: RunConfig,
         target: SplitNN,
-        attacker: InversionAttacker,
+        attacker: Any,
         test: Split,
         baseline_aux: Split,
-        num_classes: int,
     ) -> None:
-        """Reconstructions of the first test images, for the figures."""
+        """Reconstructions of the first test images (and the baseline's), for the figures."""
         originals = test.images[:N_SAMPLES]
-        baseline = LabelOnlyBaseline.fit(baseline_aux.images, baseline_aux.labels, num_classes)
+        baseline = attack_from(config.attack.result.baseline).fit(target, baseline_aux, seed=config.seed)
         attack, label_only = reconstruct(target, attacker, originals, baseline, seed=config.seed)
         # Half precision: plenty for an image, and a third of the size of the committed results.
         samples = {

@@ -1,5 +1,13 @@
 """The record of finished runs: ``runs.csv`` in a results folder, one row per run and seed.
 
+The table has one stable schema (version :data:`SCHEMA_VERSION`): the run's identity and
+bookkeeping (:data:`RUN_COLUMNS`: the defences as a canonical string, the attack's spec,
+the rest of the setting as JSON in ``params``), then one column per metric, each with its
+``_se`` twin. A row naming a metric the table lacks adds that column (earlier rows are
+empty there), so a new defence or attack adds rows, never a schema that voids the table.
+A table of schema 1 (the noise/NoPeek columns of earlier versions) is migrated by
+:func:`migrate_v1`, its numbers carried over unchanged; any other table is refused.
+
 Rows are added by rewriting the whole table into a temporary file and renaming it into
 place, so a run killed at any moment leaves the table as it was: a finished run is never
 lost and a half-finished one is never recorded. A run already in the table is never
@@ -16,26 +24,79 @@ from __future__ import annotations
 
 import fcntl
 import math
+import numbers
+import os
+import re
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpsnn.errors import ResultsError
+from dpsnn.errors import DpsnnError, ResultsError
+from dpsnn.experiments.suites import RunConfig
 from dpsnn.results import format_cell, read_table, write_table
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RUNS_FILE = "runs.csv"
+SAMPLES_DIR = "samples"
+LOCK_FILE = ".lock"
 
-# What is measured about each run (every one also has a ``_se`` column: the standard
-# error within the run, over test images or over batches for dCor).
+# The configuration of a run but its seed: runs with equal values are seeds of one setting.
+SETTING_COLUMNS = ("dataset", "architecture", "defences", "attack", "params")
+RUN_COLUMNS = (
+    "schema_version",
+    "key",
+    "status",  # "ok" or "diverged"
+    "budget",
+    "suites",  # every suite whose grid holds this configuration, space-separated
+    "dataset",
+    "seed",
+    "architecture",
+    "defences",  # canonical: laplace(scale=0.5)+nopeek(weight=0.1), or none
+    "attack",  # the attack's spec: decoder
+    "params",  # JSON, sorted keys: aux_source, aux_size, test_classes[, inference_defences]
+    "n_aux",
+    "n_test",
+    "best_epoch",
+    "model_seconds",  # 0 when the model was already trained by an earlier run
+    "attack_seconds",
+    "code",  # the commit of the code that measured it
+    "note",
+)
+# The metrics every table starts with (each also has a ``_se`` column: the standard error
+# within the run, over test images or over batches for dCor); others are added as named.
 MODEL_METRICS = ("accuracy", "dcor")
 ATTACK_METRICS = ("mse", "psnr", "ssim", "dcor", "validator_acc")
 ATTACK_COLUMNS = tuple(f"{who}_{m}" for who in ("attack", "baseline", "gap") for m in ATTACK_METRICS) + (
     "validator_acc_originals",
 )
-METRIC_COLUMNS = tuple(c for m in (*MODEL_METRICS, *ATTACK_COLUMNS) for c in (m, f"{m}_se"))
-CONFIG_COLUMNS = (
+STANDARD_METRICS = (*MODEL_METRICS, *ATTACK_COLUMNS)
+INTEGER_COLUMNS = ("schema_version", "seed")
+NUMERIC_COLUMNS = frozenset({*INTEGER_COLUMNS, "n_aux", "n_test", "best_epoch", "model_seconds", "attack_seconds"})
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def metric_columns(metrics: Iterable[str]) -> list[str]:
+    """``[m, m_se, ...]`` for each metric."""
+    return [column for metric in metrics for column in (metric, f"{metric}_se")]
+
+
+def metrics_of(header: Sequence[str]) -> list[str]:
+    """The metrics a table (or row) names, in order: every column past the fixed ones, less the ``_se`` twins."""
+    columns = [c for c in header if c not in RUN_COLUMNS]
+    return [c for c in columns if not (c.endswith("_se") and c[: -len("_se")] in columns)]
+
+
+# -- schema 1 ----------------------------------------------------------------------------
+
+V1_METRIC_COLUMNS = tuple(metric_columns(STANDARD_METRICS))
+V1_COLUMNS = (
+    "schema_version",
+    "key",
+    "status",
+    "budget",
+    "suites",
     "dataset",
     "seed",
     "noise_scale",
@@ -44,84 +105,217 @@ CONFIG_COLUMNS = (
     "aux_source",
     "aux_size",
     "test_classes",
-)
-RUN_COLUMNS = (
-    "schema_version",
-    "key",
-    "status",  # "ok" or "diverged"
-    "budget",
-    "suites",  # every suite whose grid holds this configuration, space-separated
-    *CONFIG_COLUMNS,
     "n_aux",
     "n_test",
     "best_epoch",
-    *METRIC_COLUMNS,
-    "model_seconds",  # 0 when the model was already trained by an earlier run
+    *V1_METRIC_COLUMNS,
+    "model_seconds",
     "attack_seconds",
-    "code",  # the commit of the code that measured it
+    "code",
     "note",
 )
-NUMERIC_COLUMNS = frozenset(
-    {"schema_version", "seed", "noise_scale", "nopeek_weight", "wire_noise", "aux_size", "n_aux", "n_test"}
-    | {"best_epoch", "model_seconds", "attack_seconds", *METRIC_COLUMNS}
+V1_KEPT = (
+    "status",
+    "budget",
+    "suites",
+    "n_aux",
+    "n_test",
+    "best_epoch",
+    "model_seconds",
+    "attack_seconds",
+    "code",
+    "note",
 )
+
+
+def v1_config(row: Mapping[str, str]) -> RunConfig:
+    """The configuration of a schema-1 row: Laplace noise and NoPeek specs, post-training noise on the wire."""
+    noise, nopeek, wire = (float(row[c]) for c in ("noise_scale", "nopeek_weight", "wire_noise"))
+    return RunConfig(
+        dataset=row["dataset"],
+        seed=int(row["seed"]),
+        defences=({"name": "laplace", "params": {"scale": noise}}, {"name": "nopeek", "params": {"weight": nopeek}}),
+        inference_defences=None if wire == noise else ({"name": "laplace", "params": {"scale": wire}},),
+        aux_source=row["aux_source"],
+        aux_size=int(row["aux_size"]),
+        test_classes=row["test_classes"],
+    )
+
+
+def migrate_v1(folder: str | Path) -> str | None:
+    """Convert ``folder``'s schema-1 ``runs.csv`` to schema 2; return the line saying so, or None.
+
+    Each row's configuration is rebuilt from its noise, NoPeek, wire-noise and attacker
+    columns and re-keyed; every other cell (every measured number) is carried over as
+    the very same text. Kept reconstructions ``samples/<old key>.pt`` are renamed to the
+    new keys, then the table is replaced atomically; run again after an interruption, it
+    finishes the job, and on a table already at schema 2 it does nothing (None). A
+    malformed table is a :class:`ResultsError` and nothing is changed. The caller holds
+    the folder's lock (:class:`RunStore` and :func:`upgrade` do).
+    """
+    folder = Path(folder)
+    path = folder / RUNS_FILE
+    header, rows = read_table(path)
+    if tuple(header) != V1_COLUMNS:
+        return None
+    converted, renames = [], []
+    for number, row in enumerate(rows, start=2):
+        if row.get("schema_version") != "1" or None in row or any(value is None for value in row.values()):
+            raise ResultsError(f"{path} line {number} is not a schema-1 row; nothing was migrated")
+        try:
+            config = v1_config(row)
+        except (ValueError, DpsnnError) as error:
+            raise ResultsError(f"{path} line {number} is malformed ({error}); nothing was migrated") from None
+        new = {"schema_version": str(SCHEMA_VERSION), "key": config.key, **config.as_row()}
+        new |= {column: row[column] for column in (*V1_KEPT, *V1_METRIC_COLUMNS)}
+        converted.append(new)
+        renames.append((row["key"], config.key))
+    keys = [new for _, new in renames]
+    if len(set(keys)) != len(keys) or len({old for old, _ in renames}) != len(renames):
+        raise ResultsError(f"{path} records one setting twice; nothing was migrated")
+    samples = folder / SAMPLES_DIR
+    for old, new in renames:
+        source, target = samples / f"{old}.pt", samples / f"{new}.pt"
+        if source.is_file() and not target.exists():
+            os.replace(source, target)
+    write_table(path, converted, [*RUN_COLUMNS, *V1_METRIC_COLUMNS])
+    return f"migrated {path} from results schema 1 to {SCHEMA_VERSION}"
+
+
+# -- schema 2 ----------------------------------------------------------------------------
+
+
+def _unknown_schema(path: Path, rows: Sequence[Mapping[str, Any]]) -> ResultsError:
+    versions = sorted({str(row.get("schema_version", "?")) for row in rows}) or ["?"]
+    return ResultsError(
+        f"{path} was written by another version of the results schema (version {', '.join(versions)}, "
+        f"this is {SCHEMA_VERSION}); move it aside or use another --results-dir"
+    )
+
+
+def check_table(path: Path, header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """:class:`ResultsError` unless ``header`` and ``rows`` are a well-formed schema-2 table."""
+    extra = list(header[len(RUN_COLUMNS) :])
+    pairs = extra[0::2], extra[1::2]
+    if (
+        tuple(header[: len(RUN_COLUMNS)]) != RUN_COLUMNS
+        or len(extra) % 2
+        or any(se != f"{metric}_se" or not METRIC_NAME.match(metric) for metric, se in zip(*pairs, strict=True))
+        or any(str(row.get("schema_version")) != str(SCHEMA_VERSION) for row in rows)
+    ):
+        raise _unknown_schema(path, rows)
+    if any(None in row or any(value is None for value in row.values()) for row in rows):
+        raise ResultsError(f"{path} has a row with more or fewer cells than columns; move it aside or fix it")
 
 
 def _parse(row: Mapping[str, str]) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for column, text in row.items():
-        if column in NUMERIC_COLUMNS:
+        if column in NUMERIC_COLUMNS or column not in RUN_COLUMNS:
             parsed[column] = float(text) if text not in ("", None) else math.nan
         else:
             parsed[column] = text
-    for column in ("seed", "aux_size", "schema_version"):
+    for column in INTEGER_COLUMNS:
         if not math.isnan(parsed.get(column, math.nan)):
             parsed[column] = int(parsed[column])
     return parsed
 
 
-def read_runs(folder: str | Path) -> list[dict[str, Any]]:
-    """The finished runs recorded in ``folder`` (numbers parsed), or ``[]``.
-
-    Raises :class:`ResultsError` for a table written with another version of the schema.
-    """
-    path = Path(folder) / RUNS_FILE
-    header, rows = read_table(path)
-    if header and tuple(header) != RUN_COLUMNS:
-        versions = sorted({row.get("schema_version", "?") for row in rows}) or ["?"]
-        raise ResultsError(
-            f"{path} was written by another version of the results schema (version {', '.join(versions)}, "
-            f"this is {SCHEMA_VERSION}); move it aside or use another --results-dir"
-        )
+def _parse_all(path: Path, rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
     try:
         return [_parse(row) for row in rows]
     except ValueError as error:
         raise ResultsError(f"{path} has a malformed number ({error}); move it aside or fix it") from None
 
 
+def _locked(folder: Path) -> Any:
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = (folder / LOCK_FILE).open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ResultsError(f"another run is writing {folder} (it holds {folder / LOCK_FILE})") from None
+    return lock
+
+
+def _release(lock: Any) -> None:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+
+
+def upgrade(folder: str | Path) -> str | None:
+    """Migrate ``folder``'s ``runs.csv`` to the current schema under the folder's lock; the line saying so, or None.
+
+    A missing table, or one already current, is left alone (and no lock is taken); a
+    table of an unknown schema is a :class:`ResultsError`.
+    """
+    folder = Path(folder)
+    header, rows = read_table(folder / RUNS_FILE)
+    if tuple(header) != V1_COLUMNS:
+        if header:
+            check_table(folder / RUNS_FILE, header, rows)
+        return None
+    lock = _locked(folder)
+    try:
+        return migrate_v1(folder)
+    finally:
+        _release(lock)
+
+
+def read_runs(folder: str | Path) -> list[dict[str, Any]]:
+    """The finished runs recorded in ``folder`` (numbers parsed), or ``[]``.
+
+    A schema-1 table is migrated first (one line on stdout says so); a table of any other
+    schema is a :class:`ResultsError`.
+    """
+    path = Path(folder) / RUNS_FILE
+    header, rows = read_table(path)
+    if tuple(header) == V1_COLUMNS:
+        message = upgrade(folder)
+        if message:
+            print(message, file=sys.stdout)
+        header, rows = read_table(path)
+    if not header:
+        return []
+    check_table(path, header, rows)
+    return _parse_all(path, rows)
+
+
 class RunStore:
-    """The runs table of one results folder, held under an exclusive lock."""
+    """The runs table of one results folder, held under an exclusive lock.
+
+    Entering it migrates a schema-1 table (``migrated`` then holds the line saying so).
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / RUNS_FILE
+        self.migrated: str | None = None
         self._lock_file: Any = None
         self._rows: list[dict[str, Any]] = []
+        self._header: list[str] = []
 
     def __enter__(self) -> RunStore:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = (self.folder / ".lock").open("w")
+        self._lock_file = _locked(self.folder)
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise ResultsError(f"another run is writing {self.folder} (it holds {self.folder / '.lock'})") from None
-        self._rows = read_runs(self.folder)
+            self.migrated = migrate_v1(self.folder)
+            header, rows = read_table(self.path)
+            if header:
+                check_table(self.path, header, rows)
+            self._header, self._rows = list(header), _parse_all(self.path, rows)
+        except BaseException:
+            _release(self._lock_file)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-        self._lock_file.close()
+        _release(self._lock_file)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics the table has columns for."""
+        return metrics_of(self._header) if self._header else list(STANDARD_METRICS)
 
     def finished(self) -> set[str]:
         return {row["key"] for row in self._rows}
@@ -130,16 +324,29 @@ class RunStore:
         return next((row for row in self._rows if row["key"] == key), None)
 
     def add(self, row: Mapping[str, Any]) -> None:
-        """Record one finished run; the table on disk is replaced atomically."""
+        """Record one finished run; the table on disk is replaced atomically.
+
+        Every column past :data:`RUN_COLUMNS` is a metric: a number (NaN when not
+        measured). A metric the table lacks adds its column and ``_se`` twin at the end.
+        """
         if row["key"] in self.finished():
             raise ResultsError(f"run {row['key']} is already recorded in {self.path}")
-        extra = set(row) - set(RUN_COLUMNS)
-        if extra:
-            raise ResultsError(f"a run row has columns the schema lacks: {', '.join(sorted(extra))}")
+        metrics: list[str] = []
+        for column in (c for c in row if c not in RUN_COLUMNS):
+            value = row[column]
+            if not METRIC_NAME.match(column) or isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ResultsError(f"a run row has a column that is not a metric (a number): {column}={value!r}")
+            metric = column.removesuffix("_se")
+            if metric not in metrics:
+                metrics.append(metric)
+        header = list(self._header) or [*RUN_COLUMNS, *metric_columns(STANDARD_METRICS)]
+        header += [c for c in metric_columns(metrics) if c not in header]
         row = {"schema_version": SCHEMA_VERSION, **row}
-        write_table(self.path, [*self._raw_rows(), row], list(RUN_COLUMNS))
+        write_table(self.path, [*self._raw_rows(), row], header)
         # Parse what was written, so the row in memory equals the row on disk.
-        self._rows.append(_parse({column: str(format_cell(row.get(column, ""))) for column in RUN_COLUMNS}))
+        self._header = header
+        self._rows = [{c: old.get(c, math.nan) for c in header} for old in self._rows]
+        self._rows.append(_parse({column: str(format_cell(row.get(column, ""))) for column in header}))
 
     def _raw_rows(self) -> list[dict[str, str]]:
         return read_table(self.path)[1]
@@ -165,4 +372,12 @@ def current_code_version(repo: str | Path | None = None) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-__all__ = ["RUN_COLUMNS", "RunStore", "SCHEMA_VERSION", "current_code_version", "read_runs"]
+__all__ = [
+    "RUN_COLUMNS",
+    "RunStore",
+    "SCHEMA_VERSION",
+    "current_code_version",
+    "migrate_v1",
+    "read_runs",
+    "upgrade",
+]

@@ -1,40 +1,46 @@
 """The experiment suites: which configurations each one measures, and on what budget.
 
-A :class:`RunConfig` is one measurement: a target model trained with some defence, the
-noise on its wire at inference, and an attacker with some auxiliary data. Suites are
-lists of configurations; a configuration shared by several suites (the undefended model
-is in all of them) is run once and reported in each. Example::
+A :class:`RunConfig` is one measurement: a target model (architecture and the defence
+specs it was trained with), the wire defences switched on after training if any, and an
+attack spec with its auxiliary data. A :class:`Suite` is one entry of the registry
+:data:`SUITES`: the configurations it measures for a dataset, budget and seed, the values
+it tries while accuracy has not collapsed, what it varies, whether it belongs on the
+privacy-utility frontier and the curves drawn against it. A configuration shared by
+several suites (the undefended model is in six) is run once and reported in each.
+Adding a suite is one :func:`register_suite` call; the runner, the run store, the
+summaries and the report need no edit. Example::
 
-    from dpsnn.experiments.suites import FULL, suite_configs
+    from dpsnn.experiments.suites import FULL, SUITES
 
-    configs = suite_configs("noise", "fashion-mnist", FULL)
-    [c.noise_scale for c in configs]      # 0, 0.1, 0.2, 0.5, 1 (extensions follow at run time)
+    configs = SUITES["noise"].configs("fashion-mnist", FULL)
+    [SUITES["noise"].values(c) for c in configs]   # (0.0,), (0.1,), (0.2,), (0.5,), (1.0,)
+    configs[3].label()                             # 'noise 0.5'
+    configs[3].key                                 # 'fashion-mnist_seed0_reference_05noise_decoder_same5000aux_alltest'
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dpsnn.checkpoints import format_number
+from dpsnn.architectures import canonical_architecture
+from dpsnn.attacks.base import Attack, attack_from
+from dpsnn.defences import Defence, canonical, check, defence_class, make_defence, normalise, parse_canonical
+from dpsnn.defences import label as defences_label
 from dpsnn.errors import ConfigError
 
-# The grids the issue asks for; ``*_EXTENSION`` values are added, one at a time, while
-# the accuracy at the largest value tried has not yet collapsed.
-NOISE_SCALES = (0.0, 0.1, 0.2, 0.5, 1.0)
-NOISE_EXTENSION = (3.0, 10.0, 30.0, 100.0)
-NOPEEK_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
-NOPEEK_EXTENSION = (3.0, 10.0, 30.0, 100.0)
-POST_NOISE_SCALES = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-AUX_SIZES = (100, 500, 1250, 2500, 5000)
 # Accuracy "collapses" when it keeps less than this share of the way from chance to the
 # undefended model's accuracy.
 COLLAPSE_SHARE = 0.5
-
-SUITES = ("plain", "noise", "nopeek", "combo", "post-noise", "data-volume", "aux-shift")
 ALL = "all"
+UNDEFENDED = "plain"  # the suite of the undefended model under the default attacker
+DEFAULT_ATTACK = "decoder"
+TEST_CLASSES = ("all", "lower-half")
 # The other dataset an aux-shift attacker may draw from, when it is on this machine.
 OTHER_DATASET = {"fashion-mnist": "mnist", "mnist": "fashion-mnist", "emnist-letters": "mnist"}
+OWN_AUX_SOURCES = ("same", "other-classes")
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class Budget:
     """How long every model and attacker of a suite trains, and on how much data.
 
     The attacker trains for a number of optimiser steps, not epochs, so that attackers
-    with 100 and with 5,000 auxiliary images get the same optimisation.
+    with 100 and with 5,000 auxiliary images get the same optimisation. ``grid`` names
+    which of each suite's grids it runs (``full`` or ``quick``; a suite without that
+    grid runs its full one).
     """
 
     name: str
@@ -56,12 +64,7 @@ class Budget:
     val_size: int = 5000  # target validation images (the best epoch is kept)
     batch_size: int = 128
     learning_rate: float = 1e-3
-    noise_extension: tuple[float, ...] = NOISE_EXTENSION
-    nopeek_extension: tuple[float, ...] = NOPEEK_EXTENSION
-    aux_sizes: tuple[int, ...] = AUX_SIZES
-    post_noise_scales: tuple[float, ...] = POST_NOISE_SCALES
-    noise_scales: tuple[float, ...] = NOISE_SCALES
-    nopeek_weights: tuple[float, ...] = NOPEEK_WEIGHTS
+    grid: str = "full"
 
 
 FULL = Budget(
@@ -84,52 +87,8 @@ QUICK = Budget(
     test_size=1000,
     validator_epochs=1,
     validator_train_size=5000,
-    noise_extension=(2.0,),
-    nopeek_extension=(2.0,),
-    aux_sizes=(100, 1000),
-    post_noise_scales=(0.0, 0.5),
-    noise_scales=(0.0, 0.5),
-    nopeek_weights=(0.0, 0.5),
+    grid="quick",
 )
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One measurement: a target model, the noise on its wire, and an attacker.
-
-    ``aux_source`` is ``"same"`` (the target dataset's auxiliary split),
-    ``"other-classes"`` (its images of the classes the attacker is not scored on) or
-    another dataset's name. ``test_classes`` is ``"all"`` or ``"lower-half"`` (the first
-    half of the classes: the ones an ``other-classes`` attacker never saw).
-    """
-
-    dataset: str
-    seed: int
-    noise_scale: float  # the noise the model was trained with
-    nopeek_weight: float
-    wire_noise: float  # the noise on the wire when it is attacked and scored
-    aux_source: str = "same"
-    aux_size: int = 5000
-    test_classes: str = "all"
-
-    @property
-    def model_key(self) -> str:
-        """The trained model this configuration needs (shared by every attack on it)."""
-        return (
-            f"{self.dataset}_seed{self.seed}_{format_number(self.noise_scale)}noise_"
-            f"{format_number(self.nopeek_weight)}nopeek"
-        )
-
-    @property
-    def key(self) -> str:
-        """A unique, file-name-safe name of this measurement."""
-        return (
-            f"{self.model_key}_{format_number(self.wire_noise)}wire_{self.aux_source}{self.aux_size}aux_"
-            f"{self.test_classes}test"
-        )
-
-    def as_row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def customised(budget: Budget, **overrides: Any) -> Budget:
@@ -144,68 +103,454 @@ def customised(budget: Budget, **overrides: Any) -> Budget:
     return replace(budget, name=f"{budget.name}-{tag}", **overrides)
 
 
-def _model(dataset: str, seed: int, budget: Budget, noise: float, nopeek: float) -> RunConfig:
-    return RunConfig(dataset, seed, noise, nopeek, noise, aux_size=budget.aux_size)
+# -- one measurement ----------------------------------------------------------------------
 
 
-def suite_configs(
-    suite: str, dataset: str, budget: Budget, seed: int = 0, other_dataset: str | None = None
-) -> list[RunConfig]:
-    """The fixed configurations of ``suite`` for one seed (extensions come at run time).
+def wire_of(defences: Iterable[Defence]) -> tuple[Defence, ...]:
+    """The defences among ``defences`` that put a module on the wire (Laplace noise, not NoPeek)."""
+    return tuple(d for d in defences if d.wire() is not None)
 
-    ``other_dataset``: a second dataset present on this machine, for ``aux-shift``.
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One measurement: a target model, the wire it is attacked through, and an attack.
+
+    ``defences`` are the specs the model is trained with (specs, their command-line or
+    canonical strings, or plain dicts; zero strengths are dropped). ``inference_defences``
+    are the wire defences switched on after training (the post-noise suite); it is None
+    when the wire is the model's own. ``aux_source`` is ``"same"`` (the target dataset's
+    auxiliary split), ``"other-classes"`` (its images of the classes the attacker is not
+    scored on) or another dataset's name. ``test_classes`` is ``"all"`` or
+    ``"lower-half"`` (the first half of the classes: the ones an ``other-classes``
+    attacker never saw).
     """
-    base = _model(dataset, seed, budget, 0.0, 0.0)
-    if suite == "plain":
-        return [base]
-    if suite == "noise":
-        return [_model(dataset, seed, budget, s, 0.0) for s in budget.noise_scales]
-    if suite == "nopeek":
-        return [_model(dataset, seed, budget, 0.0, w) for w in budget.nopeek_weights]
-    if suite == "combo":
-        return [_model(dataset, seed, budget, s, w) for s in budget.noise_scales for w in budget.nopeek_weights]
-    if suite == "post-noise":
-        return [replace(base, wire_noise=s) for s in budget.post_noise_scales]
-    if suite == "data-volume":
-        return [replace(base, aux_size=n) for n in budget.aux_sizes]
-    if suite == "aux-shift":
-        # Scored on the lower half of the classes; the shifted attacker knows only the upper half.
-        half = budget.aux_size // 2
-        sources = ["same", "other-classes"] + ([other_dataset] if other_dataset else [])
-        return [replace(base, aux_source=s, aux_size=half, test_classes="lower-half") for s in sources]
-    raise ConfigError(f"unknown suite '{suite}': choose from {', '.join((*SUITES, ALL))}")
+
+    dataset: str
+    seed: int
+    defences: tuple[Defence, ...] = ()
+    architecture: str = "reference"
+    inference_defences: tuple[Defence, ...] | None = None
+    attack: Attack = DEFAULT_ATTACK  # type: ignore[assignment]  # text or spec; a spec once built
+    aux_source: str = "same"
+    aux_size: int = 5000
+    test_classes: str = "all"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("seed", int(self.seed))
+        put("aux_size", int(self.aux_size))
+        put("architecture", canonical_architecture(self.architecture))
+        put("defences", check(normalise(self.defences)))
+        if self.inference_defences is not None:
+            wire = wire_of(check(normalise(self.inference_defences)))
+            put("inference_defences", None if wire == wire_of(self.defences) else wire)
+        put("attack", attack_from(self.attack))
+        if self.test_classes not in TEST_CLASSES:
+            raise ConfigError(f"unknown test classes '{self.test_classes}'; choose from {', '.join(TEST_CLASSES)}")
+        if self.aux_size <= 0:
+            raise ConfigError(f"the attacker's auxiliary size must be positive, got {self.aux_size}")
+
+    @property
+    def model_key(self) -> str:
+        """The trained model this configuration needs (shared by every attack on it)."""
+        defences = "_".join(d.key() for d in self.defences) or "none"
+        return f"{self.dataset}_seed{self.seed}_{self.architecture.replace(':', '-')}_{defences}"
+
+    @property
+    def key(self) -> str:
+        """A unique, file-name-safe name of this measurement."""
+        wire = ""
+        if self.inference_defences is not None:
+            wire = "_wire-" + ("-".join(d.key() for d in self.inference_defences) or "none")
+        return f"{self.model_key}{wire}_{self.attack.key()}_{self.aux_source}{self.aux_size}aux_{self.test_classes}test"
+
+    @property
+    def defended(self) -> bool:
+        """Whether any defence is on: in training, or on the wire after training."""
+        return bool(self.defences) or self.inference_defences is not None
+
+    @property
+    def other_dataset(self) -> str | None:
+        """The dataset the attacker's images come from, when it is not the target's own."""
+        return None if self.aux_source in OWN_AUX_SOURCES else self.aux_source
+
+    def label(self) -> str:
+        """``'noise 0.5 + NoPeek 0.25'``, ``'post-noise 1'``, ``'none'``: the specs' own labels."""
+        parts = [defences_label(self.defences)] if self.defences else []
+        if self.inference_defences is not None:
+            after = [f"post-{d.label()}" for d in self.inference_defences]
+            parts += after or ["no wire defence after training"]
+        return " + ".join(parts) or "none"
+
+    def params(self) -> dict[str, Any]:
+        """The rest of the setting, as plain data (the ``params`` column of ``runs.csv``)."""
+        params: dict[str, Any] = {
+            "aux_source": self.aux_source,
+            "aux_size": self.aux_size,
+            "test_classes": self.test_classes,
+        }
+        if self.inference_defences is not None:
+            params["inference_defences"] = canonical(self.inference_defences)
+        return params
+
+    def as_row(self) -> dict[str, Any]:
+        """The configuration's columns of ``runs.csv``: plain text and numbers."""
+        return {
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "architecture": self.architecture,
+            "defences": canonical(self.defences),
+            "attack": self.attack.spec(),
+            "params": json.dumps(self.params(), sort_keys=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], seed: int | None = None) -> RunConfig:
+        """The configuration of a ``runs.csv`` or summary row (``seed`` overrides the row's)."""
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else dict(row["params"])
+        if not isinstance(params, dict):
+            raise ConfigError(f"the params of a run must be a JSON object, got {row['params']!r}")
+        inference = params.pop("inference_defences", None)
+        return cls(
+            dataset=row["dataset"],
+            seed=row["seed"] if seed is None else seed,
+            defences=parse_canonical(row["defences"]),
+            architecture=row["architecture"],
+            inference_defences=None if inference is None else parse_canonical(inference),
+            attack=row["attack"],
+            **params,
+        )
 
 
-def expand_suites(names: list[str] | tuple[str, ...]) -> list[str]:
-    """The suites ``names`` asks for (``all`` is every one), each once, in :data:`SUITES` order."""
+def setting_label(config: RunConfig, default: RunConfig | None = None) -> str:
+    """The label of ``config``'s setting; where its attacker differs from ``default``'s, that too.
+
+    ``'noise 0.5'``, ``'none; 100 aux images'``, ``'none; aux other-classes, scored on lower-half classes'``.
+    """
+    text = config.label()
+    if default is None:
+        return text
+    if config.attack != default.attack:
+        text += f"; attack {config.attack.label()}"
+    if (config.aux_source, config.test_classes) != (default.aux_source, default.test_classes):
+        text += f"; aux {config.aux_source}, scored on {config.test_classes} classes"
+    elif config.aux_size != default.aux_size:
+        text += f"; {config.aux_size} aux images"
+    return text
+
+
+# -- the suite registry -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a suite's configurations depend on besides the value it varies."""
+
+    dataset: str
+    budget: Budget
+    seed: int = 0
+    other_dataset: str | None = None  # a second dataset on this machine, for aux-shift
+
+    def undefended(self) -> RunConfig:
+        """The undefended model under the default attacker."""
+        return undefended_config(self.dataset, self.budget, self.seed)
+
+
+def undefended_config(dataset: str, budget: Budget, seed: int = 0) -> RunConfig:
+    """The undefended model of ``dataset`` under the budget's default attacker."""
+    return RunConfig(dataset, seed, aux_size=budget.aux_size)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values a suite measures; ``extension`` values follow, one at a time, while accuracy holds."""
+
+    values: tuple[Any, ...]
+    extension: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One thing a suite varies: its column in the tables, its axis label, and its value in a configuration."""
+
+    column: str
+    label: str
+    value: Callable[[RunConfig], Any]
+    log: bool = False  # a symlog axis in the curves
+
+    def text(self, value: Any) -> str:
+        """``'noise scale 0.5'``: the column and the value, for figure rows."""
+        return f"{self.column.replace('_', ' ')} {value:g}" if isinstance(value, float | int) else str(value)
+
+
+# A panel of curves: (y label, [(column, legend label), ...]).
+Panel = tuple[str, tuple[tuple[str, str], ...]]
+ACCURACY_PANEL: Panel = ("test accuracy", (("accuracy", "test accuracy"),))
+LEAK_PANEL: Panel = ("dCor(x, what the server sees)", (("dcor", "dCor(x, h̃)"),))
+SSIM_PANEL: Panel = ("SSIM to the original", (("attack_ssim", "attack"), ("baseline_ssim", "label-only baseline")))
+VALIDATOR_PANEL: Panel = (
+    "Validator accuracy",
+    (("attack_validator_acc", "on the attack"), ("baseline_validator_acc", "on the baseline")),
+)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One suite: a name, the settings it measures, what it varies, and how it is shown.
+
+    ``setting(context, value)`` is the configuration at one value of the grid (None
+    leaves the value out, e.g. a dataset not on the machine). ``grids`` maps a budget's
+    ``grid`` name to its :class:`Grid` (``"full"`` is the fallback). ``axes`` are what it
+    varies, in sort order; the first is the x axis of its ``curves``. ``frontier``: its
+    settings trade accuracy for privacy and are drawn on the privacy-utility frontier,
+    grouped under ``title``.
+    """
+
+    name: str
+    description: str
+    title: str
+    setting: Callable[[Context, Any], RunConfig | None]
+    grids: Mapping[str, Grid] = field(hash=False)
+    axes: tuple[Axis, ...] = ()
+    frontier: bool = False
+    curves: tuple[Panel, ...] = ()
+
+    def grid(self, budget: Budget) -> Grid:
+        """The grid this suite runs on ``budget``."""
+        return self.grids.get(budget.grid, self.grids["full"])
+
+    def _configs(self, values: Sequence[Any], context: Context) -> list[RunConfig]:
+        configs = [self.setting(context, value) for value in values]
+        return [config for config in configs if config is not None]
+
+    def configs(self, dataset: str, budget: Budget, seed: int = 0, other_dataset: str | None = None) -> list[RunConfig]:
+        """The fixed configurations for one seed (extensions come at run time)."""
+        return self._configs(self.grid(budget).values, Context(dataset, budget, seed, other_dataset))
+
+    def extension_configs(
+        self, dataset: str, budget: Budget, seed: int = 0, other_dataset: str | None = None
+    ) -> list[RunConfig]:
+        """The configurations tried, in order, after the grid while accuracy has not collapsed."""
+        return self._configs(self.grid(budget).extension, Context(dataset, budget, seed, other_dataset))
+
+    def holds(self, config: RunConfig, budget: Budget) -> bool:
+        """Whether ``config`` is one of this suite's settings (extensions included) on ``budget``."""
+        args = (config.dataset, budget, config.seed, config.other_dataset)
+        return config in self.configs(*args) + self.extension_configs(*args)
+
+    def values(self, config: RunConfig) -> tuple[Any, ...]:
+        """What this suite varies, read off ``config`` (one value per axis)."""
+        return tuple(axis.value(config) for axis in self.axes)
+
+
+SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Add ``suite`` to :data:`SUITES` (in order: tables, reports and ``all`` follow it)."""
+    if suite.name in SUITES or suite.name == ALL:
+        raise ValueError(f"a suite named {suite.name!r} is already registered")
+    if "full" not in suite.grids:
+        raise ValueError(f"suite {suite.name!r} needs a 'full' grid")
+    SUITES[suite.name] = suite
+    return suite
+
+
+def expand_suites(names: Iterable[str]) -> list[str]:
+    """The suites ``names`` asks for (``all`` is every one), each once, in registry order."""
+    names = list(names)
     for name in names:
         if name not in (*SUITES, ALL):
             raise ConfigError(f"unknown suite '{name}': choose from {', '.join((*SUITES, ALL))}")
     return [suite for suite in SUITES if suite in names or ALL in names]
 
 
-def extension_configs(suite: str, dataset: str, budget: Budget, seed: int) -> list[RunConfig]:
-    """The values tried, in order, after ``suite``'s grid while accuracy has not collapsed."""
-    if suite == "noise":
-        return [_model(dataset, seed, budget, s, 0.0) for s in budget.noise_extension]
-    if suite == "nopeek":
-        return [_model(dataset, seed, budget, 0.0, w) for w in budget.nopeek_extension]
-    return []
+def suite_configs(
+    suite: str, dataset: str, budget: Budget, seed: int = 0, other_dataset: str | None = None
+) -> list[RunConfig]:
+    """The fixed configurations of the suite named ``suite`` (see :meth:`Suite.configs`)."""
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite '{suite}': choose from {', '.join(SUITES)}")
+    return SUITES[suite].configs(dataset, budget, seed, other_dataset)
 
 
 def suites_of(config: RunConfig, budget: Budget) -> list[str]:
     """Every suite whose grid (extensions included) holds ``config``'s setting."""
-    other = config.aux_source if config.aux_source not in ("same", "other-classes") else None
-    member = []
-    for suite in SUITES:
-        candidates = suite_configs(suite, config.dataset, budget, config.seed, other_dataset=other)
-        candidates += extension_configs(suite, config.dataset, budget, config.seed)
-        if any(candidate == config for candidate in candidates):
-            member.append(suite)
-    return member
+    return [name for name, suite in SUITES.items() if suite.holds(config, budget)]
 
 
 def collapsed(accuracy: float, undefended_accuracy: float, num_classes: int) -> bool:
     """Whether ``accuracy`` kept less than :data:`COLLAPSE_SHARE` of the way from chance to undefended."""
     chance = 1.0 / num_classes
     return accuracy - chance < COLLAPSE_SHARE * (undefended_accuracy - chance)
+
+
+# -- building blocks of suite entries -------------------------------------------------------
+
+
+def defence_param(name: str, param: str | None = None) -> Callable[[RunConfig], Any]:
+    """A function reading defence ``name``'s ``param`` (its strength by default) off the trained model; 0 when off."""
+
+    def value(config: RunConfig) -> Any:
+        return _param_of(config.defences, name, param)
+
+    return value
+
+
+def wire_param(name: str, param: str | None = None) -> Callable[[RunConfig], Any]:
+    """Like :func:`defence_param`, for the wire the model is attacked through (after training)."""
+
+    def value(config: RunConfig) -> Any:
+        wire = config.inference_defences if config.inference_defences is not None else wire_of(config.defences)
+        return _param_of(wire, name, param)
+
+    return value
+
+
+def _param_of(defences: Iterable[Defence], name: str, param: str | None) -> Any:
+    for defence in defences:
+        if defence.name == name:
+            return defence.params()[param or defence.strength]
+    return 0.0
+
+
+def trained_with(*names: str) -> Callable[[Context, Any], RunConfig]:
+    """A suite's setting: the undefended configuration trained with defences ``names`` at the grid's strengths.
+
+    With one name a grid value is that defence's strength; with several it is a tuple
+    of strengths, one per name.
+    """
+
+    def setting(context: Context, value: Any) -> RunConfig:
+        strengths = value if len(names) > 1 else (value,)
+        defences = [_at_strength(name, strength) for name, strength in zip(names, strengths, strict=True)]
+        return replace(context.undefended(), defences=tuple(defences))
+
+    return setting
+
+
+def switched_on_after_training(name: str) -> Callable[[Context, Any], RunConfig]:
+    """A suite's setting: the undefended model with wire defence ``name`` at the grid's strength at inference."""
+
+    def setting(context: Context, value: Any) -> RunConfig:
+        return replace(context.undefended(), inference_defences=(_at_strength(name, value),))
+
+    return setting
+
+
+def _at_strength(name: str, strength: Any) -> Defence:
+    parameter = defence_class(name).strength
+    if parameter is None:
+        raise ConfigError(f"defence '{name}' has no strength parameter to sweep")
+    return make_defence(name, {parameter: strength})
+
+
+def _undefended(context: Context, value: Any) -> RunConfig:
+    return context.undefended()
+
+
+def _aux_volume(context: Context, size: int) -> RunConfig:
+    return replace(context.undefended(), aux_size=size)
+
+
+OTHER = "other-dataset"  # aux-shift's value for the second dataset, when one is on the machine
+
+
+def _aux_shift(context: Context, source: str) -> RunConfig | None:
+    # Scored on the lower half of the classes; the shifted attacker knows only the upper half.
+    if source == OTHER:
+        if context.other_dataset is None:
+            return None
+        source = context.other_dataset
+    half = context.budget.aux_size // 2
+    return replace(context.undefended(), aux_source=source, aux_size=half, test_classes="lower-half")
+
+
+NOISE_SCALES = (0.0, 0.1, 0.2, 0.5, 1.0)
+NOPEEK_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)
+NOISE_AXIS = Axis(
+    "noise_scale", "Laplace scale b (trained and attacked with it)", defence_param("laplace", "scale"), log=True
+)
+NOPEEK_AXIS = Axis("nopeek_weight", "NoPeek weight w", defence_param("nopeek", "weight"), log=True)
+
+register_suite(Suite("plain", "nothing: the undefended model", "undefended", _undefended, {"full": Grid((None,))}))
+register_suite(
+    Suite(
+        "noise",
+        "Laplace noise on the wire, trained with and attacked through",
+        "Laplacian noise",
+        trained_with("laplace"),
+        {
+            "full": Grid(NOISE_SCALES, extension=(3.0, 10.0, 30.0, 100.0)),
+            "quick": Grid((0.0, 0.5), extension=(2.0,)),
+        },
+        axes=(NOISE_AXIS,),
+        frontier=True,
+        curves=(ACCURACY_PANEL, SSIM_PANEL),
+    )
+)
+register_suite(
+    Suite(
+        "nopeek",
+        "NoPeek's w · dCor(x, h) added to the client's loss",
+        "NoPeek",
+        trained_with("nopeek"),
+        {
+            "full": Grid(NOPEEK_WEIGHTS, extension=(3.0, 10.0, 30.0, 100.0)),
+            "quick": Grid((0.0, 0.5), extension=(2.0,)),
+        },
+        axes=(NOPEEK_AXIS,),
+        frontier=True,
+        curves=(ACCURACY_PANEL, SSIM_PANEL),
+    )
+)
+register_suite(
+    Suite(
+        "combo",
+        "every pair of a noise scale and a NoPeek weight",
+        "noise + NoPeek",
+        trained_with("laplace", "nopeek"),
+        {
+            "full": Grid(tuple((s, w) for s in NOISE_SCALES for w in NOPEEK_WEIGHTS)),
+            "quick": Grid(tuple((s, w) for s in (0.0, 0.5) for w in (0.0, 0.5))),
+        },
+        axes=(NOISE_AXIS, NOPEEK_AXIS),
+        frontier=True,
+    )
+)
+register_suite(
+    Suite(
+        "post-noise",
+        "a model trained without noise, Laplace noise switched on at inference only",
+        "noise at inference only",
+        switched_on_after_training("laplace"),
+        {"full": Grid((0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)), "quick": Grid((0.0, 0.5))},
+        axes=(Axis("wire_noise", "Laplace scale b, switched on after training", wire_param("laplace"), log=True),),
+        frontier=True,
+        curves=(ACCURACY_PANEL, SSIM_PANEL),
+    )
+)
+register_suite(
+    Suite(
+        "data-volume",
+        "the attacker's auxiliary images",
+        "attacker's data volume",
+        _aux_volume,
+        {"full": Grid((100, 500, 1250, 2500, 5000)), "quick": Grid((100, 1000))},
+        axes=(Axis("aux_size", "attacker's auxiliary images", lambda config: config.aux_size),),
+        curves=(SSIM_PANEL, VALIDATOR_PANEL),
+    )
+)
+register_suite(
+    Suite(
+        "aux-shift",
+        "the attacker's data: all classes, the other half of the classes, or another dataset; "
+        "scored on the first half of the classes",
+        "attacker's data distribution",
+        _aux_shift,
+        {"full": Grid(("same", "other-classes", OTHER))},
+        axes=(Axis("aux_source", "attacker's auxiliary data", lambda config: config.aux_source),),
+    )
+)

@@ -1,15 +1,19 @@
-"""Tables over seeds: the mean and standard error of every measure, per configuration.
+"""Tables over seeds: the mean and standard error of every measure, per setting.
 
 ``runs.csv`` has one row per run and seed; here those rows become one row per setting
-(every configuration field but the seed), with the mean over seeds and its standard
-error (``std / sqrt(n_seeds)``), and the list of suites the setting belongs to. Example::
+(every configuration column but the seed: :data:`~dpsnn.experiments.store.SETTING_COLUMNS`),
+with the mean over seeds and its standard error (``std / sqrt(n_seeds)``) of every
+metric the runs name, the list of suites the setting belongs to and its ``label`` (the
+defence specs' own labels, and how its attacker differs from the default one). A suite's
+table adds the columns of what the suite varies (``noise_scale`` for ``noise``), read off
+each setting by the suite's axes. Example::
 
     from dpsnn.experiments.summary import best_within, summarise, suite_table
     from dpsnn.experiments.store import read_runs
 
     summary = summarise(read_runs("results/experiments"))
-    noise = suite_table(summary, "noise")
-    best = best_within(summary, max_accuracy_drop=0.01)   # the most private setting that keeps utility
+    noise = suite_table(summary, "noise")                  # rows with a noise_scale column
+    best = best_within(summary, max_accuracy_drop=0.01)    # the most private setting that keeps utility
 """
 
 from __future__ import annotations
@@ -20,24 +24,34 @@ from typing import Any
 
 import torch
 
-from dpsnn.experiments.store import ATTACK_COLUMNS, CONFIG_COLUMNS, MODEL_METRICS
-from dpsnn.experiments.suites import SUITES
+from dpsnn.experiments.store import SETTING_COLUMNS, metrics_of
+from dpsnn.experiments.suites import SUITES, UNDEFENDED, RunConfig, setting_label
 from dpsnn.metrics import mean_and_se
 
-MEASURES = (*MODEL_METRICS, *ATTACK_COLUMNS)
-SETTING_COLUMNS = tuple(c for c in CONFIG_COLUMNS if c != "seed")
-# The settings that trade accuracy for privacy, and so belong on the frontier.
-DEFENCE_SUITES = ("noise", "nopeek", "combo", "post-noise")
-# What each suite varies, for its table and figures.
-SUITE_PARAMETERS = {
-    "plain": (),
-    "noise": ("noise_scale",),
-    "nopeek": ("nopeek_weight",),
-    "combo": ("noise_scale", "nopeek_weight"),
-    "post-noise": ("wire_noise",),
-    "data-volume": ("aux_size",),
-    "aux-shift": ("aux_source",),
-}
+# The columns of a summary row before its measures.
+SUMMARY_FIELDS = (
+    "label",
+    *SETTING_COLUMNS,
+    "budget",
+    "suites",
+    "n_seeds",
+    "n_diverged",
+    "n_test",
+    "n_aux",
+)
+
+
+def measures_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The measures named by any of ``rows`` (run or summary rows), in the order first seen."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(column for column in row if column not in columns)
+    return [c for c in metrics_of(columns) if c not in SUMMARY_FIELDS]
+
+
+def config_of(row: Mapping[str, Any], seed: int = 0) -> RunConfig:
+    """The configuration of a summary (or run) row, at ``seed``."""
+    return RunConfig.from_row(row, seed=seed)
 
 
 def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -45,24 +59,30 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Diverged seeds are counted (``n_diverged``) and left out of the means.
     """
+    rows = list(rows)
+    measures = measures_of(rows)
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[c] for c in SETTING_COLUMNS) + (row["budget"],), []).append(row)
     summary = []
     for (*setting, budget_name), members in groups.items():
         ok = [row for row in members if row["status"] == "ok"]
-        out: dict[str, Any] = dict(zip(SETTING_COLUMNS, setting, strict=True))
+        out: dict[str, Any] = {"label": ""} | dict(zip(SETTING_COLUMNS, setting, strict=True))
         out |= {
             "budget": budget_name,
             "suites": members[0]["suites"],
             "n_seeds": len(members),
             "n_diverged": len(members) - len(ok),
-            "n_test": members[0]["n_test"],
-            "n_aux": _mean([row["n_aux"] for row in ok])[0] if ok else math.nan,
+            "n_test": members[0].get("n_test", math.nan),
+            "n_aux": _mean([row.get("n_aux", math.nan) for row in ok])[0] if ok else math.nan,
         }
-        for measure in MEASURES:
-            out[measure], out[f"{measure}_se"] = _mean([row[measure] for row in ok])
+        for measure in measures:
+            out[measure], out[f"{measure}_se"] = _mean([row.get(measure, math.nan) for row in ok])
         summary.append(out)
+    # A setting's label names how its attacker differs from the undefended setting's, if it does.
+    defaults = {(row["dataset"], row["budget"]): config_of(row) for row in summary if _in(row, UNDEFENDED)}
+    for row in summary:
+        row["label"] = setting_label(config_of(row), defaults.get((row["dataset"], row["budget"])))
     return summary
 
 
@@ -73,18 +93,26 @@ def _mean(values: Sequence[float]) -> tuple[float, float]:
     return mean_and_se(torch.tensor(values, dtype=torch.float64))
 
 
+def _in(row: Mapping[str, Any], suite: str) -> bool:
+    return suite in row["suites"].split()
+
+
 def undefended(summary: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The summary row of the undefended model under its default attacker."""
-    return next((row for row in summary if "plain" in row["suites"].split()), None)
+    return next((row for row in summary if _in(row, UNDEFENDED)), None)
 
 
 def suite_table(summary: Sequence[Mapping[str, Any]], suite: str) -> list[dict[str, Any]]:
-    """The rows of ``suite``, sorted by what the suite varies."""
+    """The rows of ``suite``, each with the columns of what the suite varies, sorted by them."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}")
-    rows = [dict(row) for row in summary if suite in row["suites"].split()]
-    parameters = SUITE_PARAMETERS[suite]
-    return sorted(rows, key=lambda row: tuple(str(row[p]) if p == "aux_source" else row[p] for p in parameters))
+    entry = SUITES[suite]
+    rows = []
+    for row in summary:
+        if _in(row, suite):
+            values = entry.values(config_of(row))
+            rows.append({**row, **{axis.column: value for axis, value in zip(entry.axes, values, strict=True)}})
+    return sorted(rows, key=lambda row: tuple(row[axis.column] for axis in entry.axes))
 
 
 def pareto_front(points: Sequence[Mapping[str, Any]], x: str = "gap_ssim", y: str = "accuracy") -> list[dict]:
@@ -96,21 +124,21 @@ def pareto_front(points: Sequence[Mapping[str, Any]], x: str = "gap_ssim", y: st
     return sorted(front, key=lambda p: p[x])
 
 
+def frontier_suites() -> list[str]:
+    """The undefended suite and every suite whose settings trade accuracy for privacy."""
+    return [name for name, suite in SUITES.items() if name == UNDEFENDED or suite.frontier]
+
+
 def frontier_points(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Every defended setting (and the undefended one) attacked with the default attacker."""
-    return [dict(row) for row in summary if set(row["suites"].split()) & {"plain", *DEFENCE_SUITES}]
+    wanted = set(frontier_suites())
+    return [dict(row) for row in summary if set(row["suites"].split()) & wanted]
 
 
-def defence_label(row: Mapping[str, Any]) -> str:
-    """``'noise 0.5 + NoPeek 0.25'``, ``'post-noise 1'``, ``'none'``."""
-    parts = []
-    if row["noise_scale"] > 0:
-        parts.append(f"noise {row['noise_scale']:g}")
-    if row["nopeek_weight"] > 0:
-        parts.append(f"NoPeek {row['nopeek_weight']:g}")
-    if row["wire_noise"] != row["noise_scale"]:
-        parts.append(f"post-noise {row['wire_noise']:g}")
-    return " + ".join(parts) or "none"
+def family(row: Mapping[str, Any]) -> str:
+    """The legend group of a frontier point: the title of the first suite, in registry order, that holds it."""
+    suites = row["suites"].split()
+    return next((suite.title for name, suite in SUITES.items() if name in suites), "other")
 
 
 def best_within(
@@ -128,6 +156,6 @@ def best_within(
     keeping = [
         row
         for row in candidates
-        if defence_label(row) != "none" and row["accuracy"] >= plain["accuracy"] - max_accuracy_drop
+        if config_of(row).defended and row["accuracy"] >= plain["accuracy"] - max_accuracy_drop
     ]
     return dict(min(keeping, key=lambda row: row["gap_ssim"])) if keeping else None
