@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from dpsnn import LabelOnlyBaseline
+from dpsnn import LabelOnlyBaseline, SplitNN
+from dpsnn.attacks import Observation, Reconstructions, make_attack
+from dpsnn.data import Split
 from dpsnn.errors import DataError
 from dpsnn.metrics import (
     mean_and_se,
@@ -80,3 +82,26 @@ def test_label_only_baseline_is_the_class_mean():
 def test_label_only_baseline_needs_images():
     with pytest.raises(DataError, match="empty"):
         LabelOnlyBaseline.fit(torch.empty(0, 1, 28, 28), torch.empty(0, dtype=torch.long), 10)
+
+
+def test_the_label_only_attack_guesses_the_class_mean_of_the_label_the_server_predicts():
+    images = torch.tensor([[0.0], [1.0], [0.5], [0.2]]).view(4, 1, 1, 1).expand(4, 1, 6, 6)
+    aux = Split(images, torch.tensor([0, 0, 1, 1]))
+    target = SplitNN(num_classes=3, input_shape=(1, 6, 6))
+    fitted = make_attack("label-only").fit(target, aux)
+    observation = Observation(seen=torch.zeros(3, 500), predicted=torch.tensor([1, 0, 2]))
+    result = fitted.run(observation)
+    assert isinstance(result, Reconstructions) and result.images.shape == (3, 1, 6, 6)
+    assert torch.allclose(result.images[:, 0, 0, 0], torch.tensor([0.35, 0.5, 0.425]))
+
+
+def test_reconstructions_name_the_metrics_they_measure():
+    g = torch.Generator().manual_seed(2)
+    truth = Split(torch.rand(8, 1, 28, 28, generator=g), torch.arange(8) % 10)
+    result = Reconstructions(truth.images * 0.5)
+    assert set(result.measure(truth)) == set(Reconstructions.metrics) - {"validator_acc"}
+    validator = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    measured = result.measure(truth, validator)
+    assert set(measured) == set(Reconstructions.metrics)
+    assert measured["validator_acc"].shape == (8,)
+    assert Reconstructions.baseline == "label-only"

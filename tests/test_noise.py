@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dpsnn import LaplaceNoise
+from dpsnn.defences import Laplace, make_defence, parse_defence
 from dpsnn.errors import ConfigError
 
 
@@ -59,3 +60,35 @@ def test_scale_can_be_changed_but_not_to_a_bad_value():
     with pytest.raises(ConfigError):
         wire.scale = -1
     assert wire.scale == 0.2
+
+
+@pytest.mark.parametrize("scale,key", [(0.0, "0noise"), (0.5, "05noise"), (0.25, "025noise"), (1, "1noise")])
+def test_the_laplace_spec_names_itself_as_the_reference_did(scale, key):
+    spec = Laplace(scale=scale)
+    assert spec.key() == key
+    assert spec.label() == f"noise {float(scale):g}"
+    assert spec.spec() == f"laplace(scale={float(scale):g})"
+    assert isinstance(spec.scale, float)
+
+
+def test_the_laplace_spec_puts_its_noise_on_the_wire_and_nothing_in_the_loss():
+    spec = Laplace(scale=0.5)
+    wire = spec.wire()
+    assert isinstance(wire, LaplaceNoise) and wire.scale == 0.5
+    x, h = torch.rand(4, 1, 28, 28), torch.rand(4, 500)
+    assert spec.loss_terms(x, h, torch.randn(4, 10), torch.arange(4)) == {}
+    assert not spec.couples_samples and not spec.per_sample
+    assert spec.strength == "scale" and Laplace(scale=0.0).is_identity()
+
+
+def test_the_laplace_spec_from_text():
+    assert parse_defence("laplace:scale=0.5") == Laplace(scale=0.5)
+    assert parse_defence("laplace(scale=0.5)") == Laplace(scale=0.5)
+    assert make_defence("laplace", {"scale": "0.5"}) == Laplace(scale=0.5)
+    assert parse_defence("laplace") == Laplace(scale=0.0)
+
+
+@pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf"), "loud", None])
+def test_the_laplace_spec_refuses_bad_scales(scale):
+    with pytest.raises(ConfigError, match="noise scale"):
+        Laplace(scale=scale)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dpsnn import NoPeekLoss, distance_correlation
-from dpsnn.defences import nopeek
+from dpsnn.defences import NoPeek, nopeek, parse_defence
 from dpsnn.errors import ConfigError
 
 
@@ -115,3 +115,40 @@ def test_weight_zero_skips_distance_correlation(monkeypatch):
 def test_bad_weights_are_refused(weight):
     with pytest.raises(ConfigError, match="NoPeek weight"):
         NoPeekLoss(weight)
+
+
+def test_the_nopeek_spec_adds_the_weighted_distance_correlation_to_the_loss():
+    g = torch.Generator().manual_seed(4)
+    inputs, intermediates = torch.rand(32, 1, 28, 28, generator=g), torch.rand(32, 500, generator=g)
+    logits, targets = torch.randn(32, 10, generator=g), torch.randint(0, 10, (32,), generator=g)
+    terms = NoPeek(weight=0.7).loss_terms(inputs, intermediates, logits, targets)
+    assert set(terms) == {"nopeek"}
+    assert torch.isclose(terms["nopeek"], 0.7 * distance_correlation(inputs, intermediates))
+    # The same loss as the reference's NoPeekLoss, once the cross-entropy is added.
+    assert torch.isclose(
+        F.cross_entropy(logits, targets) + terms["nopeek"], NoPeekLoss(0.7)(inputs, intermediates, logits, targets)
+    )
+
+
+def test_the_nopeek_spec_at_weight_zero_adds_nothing_and_computes_nothing(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("distance correlation computed at weight 0")
+
+    monkeypatch.setattr(nopeek, "distance_correlation", refuse)
+    assert NoPeek(weight=0.0).loss_terms(torch.rand(4, 3), torch.rand(4, 2), torch.randn(4, 10), torch.arange(4)) == {}
+    assert NoPeek(weight=0.0).is_identity()
+
+
+def test_the_nopeek_spec_names_itself_and_couples_samples():
+    spec = NoPeek(weight=0.1)
+    assert spec.key() == "01nopeek" and NoPeek(weight=0.0).key() == "0nopeek"
+    assert spec.label() == "NoPeek 0.1" and spec.spec() == "nopeek(weight=0.1)"
+    assert spec.wire() is None  # it acts in training only
+    assert spec.couples_samples and not spec.per_sample  # dCor is a statistic of the whole batch
+    assert parse_defence("nopeek:weight=0.1") == spec
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan"), float("inf"), "heavy"])
+def test_the_nopeek_spec_refuses_bad_weights(weight):
+    with pytest.raises(ConfigError, match="NoPeek weight"):
+        NoPeek(weight=weight)

@@ -1,7 +1,10 @@
 """The set-up files agree with each other and with the README."""
 
+import ast
 import re
+import sys
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import yaml
@@ -42,3 +45,24 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     readme = (REPO / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
+
+
+def test_every_package_the_library_imports_is_a_declared_dependency():
+    """A new seam entry (an Opacus defence, a scikit-learn attack) must add its package to pyproject.toml."""
+    imported = set()
+    for path in (REPO / "dpsnn").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(name for name in imported if name not in sys.stdlib_module_names and name != "dpsnn")
+    assert {"torch", "torchvision", "lightning"} <= set(third_party)
+    declared = {
+        Requirement(text).name.lower()
+        for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    distributions = packages_distributions()
+    for name in third_party:
+        providers = {distribution.lower() for distribution in distributions.get(name, [name])}
+        assert providers & declared, f"dpsnn imports {name}, which no runtime dependency in pyproject.toml provides"
