@@ -25,7 +25,7 @@ from torch import nn
 from dpsnn.attacks.inversion import InversionAttacker
 from dpsnn.defences import Defence
 from dpsnn.defences.base import format_number
-from dpsnn.errors import CheckpointError
+from dpsnn.errors import CheckpointError, ConfigError
 from dpsnn.files import atomic_path
 from dpsnn.models import CUSTOM, DefenceLike, SplitNN, Validator
 
@@ -163,6 +163,8 @@ def load_classifier(
     ``wire`` replaces the wire defences it was trained with (e.g. ``["laplace:scale=1"]``:
     noise switched on after training); ``noise`` is the same for Laplace noise alone.
     """
+    if noise is not None and wire is not None:
+        raise ConfigError("give the wire as noise= or as wire=, not both")
     overrides = {"client": client, "server": server} if client is not None or server is not None else {}
     loaded = _load(path, "classifier", model, **overrides)
     if wire is not None:

@@ -19,7 +19,7 @@ from dpsnn.checkpoints import (
     save_checkpoint,
 )
 from dpsnn.defences import Laplace, NoPeek
-from dpsnn.errors import CheckpointError
+from dpsnn.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture
@@ -356,3 +356,9 @@ def test_non_plain_hyperparameters_are_not_saved(tmp_path):
     with pytest.raises(ValueError, match="not plain data"):
         save_checkpoint(model, tmp_path / "m.ckpt", "classifier", 0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_noise_and_wire_together_are_refused(tmp_path):
+    path = save_checkpoint(SplitNN(), tmp_path / "m.ckpt", "classifier", epoch=0)
+    with pytest.raises(ConfigError, match="not both"):
+        load_classifier(path, noise=1.0, wire=["laplace:scale=0.5"])

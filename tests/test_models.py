@@ -234,3 +234,16 @@ def test_one_cycle_warms_up_to_the_learning_rate_then_anneals():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ConfigError, match="learning-rate schedule 'cosine'"):
         SplitNN(lr_schedule="cosine")
+
+
+def test_a_defence_without_parameters_is_labelled_by_its_name():
+    from dataclasses import dataclass
+
+    from dpsnn.defences.base import Defence
+
+    @dataclass(frozen=True)
+    class Bare(Defence):
+        name = "bare"
+
+    assert Bare().label() == "bare"
+    assert Bare().spec() == "bare()"

@@ -104,7 +104,8 @@ class Defence:
 
     def label(self) -> str:
         """How tables and legends name it: ``noise 0.5``."""
-        return f"{self.name} " + ", ".join(f"{k} {value_text(v)}" for k, v in self.params().items())
+        params = ", ".join(f"{k} {value_text(v)}" for k, v in self.params().items())
+        return f"{self.name} {params}" if params else self.name
 
     # -- plain data -------------------------------------------------------------------
 
