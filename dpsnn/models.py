@@ -43,7 +43,8 @@ class _Classifier(L.LightningModule):
     lets the subclass wrap the optimiser and that loader (DP-SGD replaces both).
     """
 
-    _train_loader: Any = None
+    _train_loader: Any = None  # the batches given to use_train_loader
+    _fit_loader: Any = None  # the same, wrapped by the defences, for the current fit
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -65,20 +66,21 @@ class _Classifier(L.LightningModule):
         return self._shared_step(batch, "test")
 
     def use_train_loader(self, loader: Any) -> None:
-        """The batches to train on (``trainer.fit`` then needs no train loader)."""
-        self._train_loader = loader
+        """The batches to train on (``trainer.fit`` then needs no train loader); the defences' ``wrap`` sees them."""
+        self._train_loader, self._fit_loader = loader, None
 
     def train_dataloader(self) -> Any:
         if self._train_loader is None:
             raise ConfigError(f"{type(self).__name__} has no training data: call use_train_loader(loader) first")
-        return self._train_loader
+        return self._fit_loader if self._fit_loader is not None else self._train_loader
 
     def _wrap(self, optimizer: torch.optim.Optimizer, loader: Any) -> tuple[torch.optim.Optimizer, Any]:
         return optimizer, loader
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
-        optimizer, self._train_loader = self._wrap(optimizer, self._train_loader)
+        # Each fit wraps the loader it was given afresh, never an already wrapped one.
+        optimizer, self._fit_loader = self._wrap(optimizer, self._train_loader)
         # The Validator has no schedule option: it always trains at a constant rate.
         if self.hparams.get("lr_schedule", "constant") == "constant":
             return optimizer
@@ -192,6 +194,12 @@ class SplitNN(_Classifier):
         return self.server(self.encode(x))
 
     def _wrap(self, optimizer: torch.optim.Optimizer, loader: Any) -> tuple[torch.optim.Optimizer, Any]:
+        wrapping = [d.name for d in self.defences if type(d).wrap is not Defence.wrap]
+        if wrapping and loader is None:
+            raise ConfigError(
+                f"{', '.join(wrapping)} wraps the training data: train with dpsnn.training.train_classifier, or call "
+                "model.use_train_loader(loader) and then trainer.fit(model) without a train loader"
+            )
         for defence in self.defences:
             optimizer, loader = defence.wrap(self.client, optimizer, loader)
         return optimizer, loader

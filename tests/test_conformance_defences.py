@@ -400,3 +400,20 @@ def test_training_calls_wrap_callbacks_loss_terms_and_measures(toy_defence):
 
 def test_the_toy_defence_is_gone_after_its_test():
     assert "toy-hooks" not in registered_defences()
+
+
+def test_a_wrapping_defence_needs_the_loader_it_wraps(toy_defence):
+    from dpsnn.loops import make_trainer
+
+    ToyHooks, counts, _ = toy_defence
+    splits = random_splits(n_test=8)
+    model = SplitNN(defences=[ToyHooks(level=0.5)], input_shape=splits.image_shape)
+    # Lightning given the loader directly: the defence would never see it, so training is refused.
+    with pytest.raises(ConfigError, match="wraps the training data"):
+        make_trainer(1, progress=False).fit(model, train_dataloaders=splits.train.loader(32))
+    # Given through use_train_loader, each fit wraps the loader it was given once, never a wrapped one.
+    model.use_train_loader(splits.train.loader(32))
+    for _ in range(2):
+        make_trainer(1, progress=False).fit(model)
+    assert counts["wrap"] == 2 and counts["batches_drawn"] == 4
+    assert isinstance(model.train_dataloader().loader, type(splits.train.loader(32)))
