@@ -1,20 +1,35 @@
 """What every script shares: one-line errors, checked argument types, the entry wrapper.
 
 A script defines ``main(argv)`` and ends with ``run(main)``. Bad input then gives one
-line on stderr and a non-zero exit, never a traceback.
+line on stderr and a non-zero exit, never a traceback. The argument types turn the
+registries' names into specs (``--architecture resnet18``, ``--defence laplace:scale=0.5``,
+``--wire laplace:scale=1``, ``--attack decoder``), so a bad name or parameter is a usage
+error before anything runs. Example::
+
+    parser = ArgumentParser()
+    parser.add_argument("--defence", type=defence_argument, action="append", default=[])
+    args = parser.parse_args(["--defence", "laplace:scale=0.5"])
+    merge_defences({"laplace": ("--noise-scale", Laplace(0.0))}, args.defence)   # [Laplace(scale=0.5)]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
-from dpsnn.errors import DpsnnError
+from dpsnn.architectures import canonical_architecture
+from dpsnn.data import image_shape
+from dpsnn.defences import Defence, Laplace, check, parse_canonical, parse_defence
+from dpsnn.errors import ConfigError, DataError, DpsnnError, ResultsError
+from dpsnn.results import read_table, write_table
+
+T = TypeVar("T")
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -52,6 +67,177 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
     return value
+
+
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises :class:`DpsnnError`: its message becomes the usage error."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except DpsnnError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+#: ``--architecture NAME``: a registered architecture's full name (``resnet18`` becomes ``resnet18:2``).
+architecture_argument = checked(canonical_architecture)
+#: ``--defence NAME:key=value,...``: a registered defence's spec.
+defence_argument = checked(parse_defence)
+
+
+def _wire_defence(text: str) -> Defence:
+    spec = parse_defence(text)
+    if spec.wire() is None:
+        raise ConfigError(f"defence '{spec.name}' puts nothing on the wire (it acts in training only)")
+    return spec
+
+
+#: ``--wire NAME:key=value,...``: a defence that acts on the wire (``laplace:scale=1``).
+wire_argument = checked(_wire_defence)
+
+
+def merge_defences(flags: Mapping[str, tuple[str, Defence]], given: Iterable[Defence]) -> list[Defence]:
+    """The defences of the shorthand flags and of ``--defence``, in that order.
+
+    ``flags`` maps a defence name to its flag and the spec the flag gave (``{"laplace":
+    ("--noise-scale", Laplace(0.5))}``). A ``--defence`` of that name replaces the flag's
+    spec in its place when the flag is at its default (zero strength); when the flag was set
+    too, that is a :class:`ConfigError`. Other defences follow in the order given, repeats
+    included, so :func:`dpsnn.defences.validate` reports them.
+    """
+    merged = {name: spec for name, (_, spec) in flags.items()}
+    replaced: set[str] = set()
+    extra = []
+    for spec in given:
+        if spec.name in flags and spec.name not in replaced:
+            flag, flag_spec = flags[spec.name]
+            if not flag_spec.is_identity():
+                raise ConfigError(
+                    f"{flag} and --defence {spec.name}:... both set the {spec.name} defence; give only one of them"
+                )
+            merged[spec.name] = spec
+            replaced.add(spec.name)
+        else:
+            extra.append(spec)
+    return [*merged.values(), *extra]
+
+
+def wire_from(noise: float | None, wire: Sequence[Defence] | None, noise_flag: str) -> list[Defence] | None:
+    """The wire asked for by ``--wire`` and its shorthand ``noise_flag`` (Laplace noise), or None for the model's own.
+
+    ``noise_flag S`` is ``--wire laplace:scale=S``; giving both is a :class:`ConfigError`.
+    """
+    if noise is None and not wire:
+        return None
+    specs = list(wire or [])
+    if noise is not None:
+        if any(spec.name == Laplace.name for spec in specs):
+            raise ConfigError(f"{noise_flag} and --wire {Laplace.name}:... both set the wire noise; give only one")
+        specs.insert(0, Laplace(scale=noise))
+    return list(check(specs))
+
+
+def attacked_wire(hparams: Mapping[str, Any]) -> list[Defence]:
+    """The wire an attacker checkpoint attacked: its ``wire``, or the ``noise_scale`` of older checkpoints."""
+    if "wire" in hparams:
+        return list(parse_canonical(str(hparams["wire"])))
+    return [Laplace(scale=float(hparams.get("noise_scale") or 0.0))]
+
+
+def wire_key(wire: Iterable[Defence]) -> str:
+    """The file-name form of a wire: ``1noise``; ``0noise`` when nothing acts on it."""
+    active = [spec for spec in wire if not spec.is_identity()]
+    return "_".join(spec.key() for spec in active) or Laplace(scale=0.0).key()
+
+
+def strength_of(defences: Iterable[Defence], name: str) -> float:
+    """The strength of the defence ``name`` among ``defences`` (0 when it is not there)."""
+    for spec in defences:
+        if spec.name == name and spec.strength is not None:
+            return float(getattr(spec, spec.strength))
+    return 0.0
+
+
+def check_images(model_name: str, input_shape: Sequence[int], dataset: str, what: str = "its dataset") -> None:
+    """:class:`DataError` when the images of the registered ``dataset`` are not the ``input_shape`` a model takes."""
+    shape = image_shape(dataset)
+    if tuple(shape) != tuple(int(size) for size in input_shape):
+        raise DataError(
+            f"{model_name} takes {shape_text(input_shape)} images, but {what} '{dataset}' has "
+            f"{shape_text(shape)} images"
+        )
+
+
+def split_sizes(hparams: Mapping[str, Any]) -> dict[str, int]:
+    """The ``make_splits`` sizes a classifier was trained with (``val_size``, ``aux_size``), where it recorded them.
+
+    Rebuilding a model's splits with them keeps the attacker's auxiliary split disjoint
+    from the model's training data; older checkpoints used the defaults.
+    """
+    sizes = {}
+    for key, name in (("val_size", "val_size"), ("aux_size", "aux_split_size")):
+        if hparams.get(name) is not None:
+            sizes[key] = int(hparams[name])
+    return sizes
+
+
+def measures_text(measures: Mapping[str, float]) -> str:
+    """The defences' measures as one JSON cell, keys sorted: ``{"epsilon": 3.1}`` (``{}`` when none)."""
+    return json.dumps(dict(sorted(measures.items())))
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``3×32×32``."""
+    return "×".join(str(int(size)) for size in shape)
+
+
+Upgrade = Callable[[dict[str, str]], dict[str, Any]]
+
+
+def _existing_rows(
+    path: Path, columns: Sequence[str], legacy: Mapping[tuple[str, ...], Upgrade] | None, prefix_only: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    header, rows = read_table(path)
+    if not header:
+        return [], False
+    fits = header[: len(columns)] == list(columns) if prefix_only else header == list(columns)
+    if fits:
+        return list(rows), False
+    for old, upgrade in (legacy or {}).items():
+        if header[: len(old)] == list(old):
+            return [upgrade(row) for row in rows], True
+    raise ResultsError(
+        f"{path} was written with other columns (an unknown version of its schema); "
+        "move it aside or write to another --results-dir"
+    )
+
+
+def check_table(path: Path, columns: Sequence[str], legacy: Mapping[tuple[str, ...], Upgrade] | None = None) -> None:
+    """Before any work: :class:`ResultsError` unless the table at ``path`` is new or starts with ``columns``.
+
+    A table that starts with a header of ``legacy`` (an older schema) passes too: it is
+    migrated when the row is appended.
+    """
+    _existing_rows(Path(path), columns, legacy, prefix_only=True)
+
+
+def append_result(path: Path, row: Mapping[str, Any], legacy: Mapping[tuple[str, ...], Upgrade] | None = None) -> Path:
+    """Append ``row`` to the table at ``path`` (atomically).
+
+    Rows under a header of ``legacy`` (an older schema, by its first columns) are migrated
+    by its function first, with a line saying so; any other header is a :class:`ResultsError`.
+    """
+    path = Path(path)
+    columns = list(row)
+    existing, migrated = _existing_rows(path, columns, legacy, prefix_only=False)
+    written = write_table(path, [*existing, row], columns)
+    if migrated:
+        rows = f"{len(existing)} earlier row{'s' if len(existing) != 1 else ''}"
+        print(f"migrated {rows} of {path} to its new columns")
+    return written
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_dir: Path, results_dir: Path) -> None:

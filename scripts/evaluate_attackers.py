@@ -5,8 +5,11 @@
 For each attacker: MSE, PSNR, SSIM, dCor(x, x̂) and the accuracy of an independent
 Validator classifier on the reconstructions, the same for the label-only baseline (the
 mean auxiliary image of the class the server predicts) and the gap between the two.
-Writes results/attack_performances.csv with a standard error beside every figure. The
-Validator is trained once per dataset and seed and kept in models/validators/.
+Each target is attacked through the wire its attacker was trained on (noise switched on
+after training included). Writes results/attack_performances.csv with a standard error
+beside every figure; each row names the target's architecture, the defences it was
+trained with, the wire attacked and the attack. The Validator is trained once per
+dataset and seed and kept in models/validators/.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from dpsnn.checkpoints import (
     load_classifier,
     resolve_checkpoint,
 )
-from dpsnn.cli import ArgumentParser, positive_int, run
+from dpsnn.cli import ArgumentParser, attacked_wire, check_images, positive_int, run, split_sizes, strength_of
 from dpsnn.data import DEFAULT_DATA_DIR, Splits, make_splits
+from dpsnn.defences import canonical
 from dpsnn.evaluation import evaluate_attack
 from dpsnn.results import RESULTS_DIR, attack_table, write_table
 from dpsnn.training import obtain_validator
@@ -51,20 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     paths = checkpoints_in(args.attackers_dir, args.attackers)
     attackers = [load_attacker(path) for path in paths]  # every file is checked before any work
-    targets = [
-        load_classifier(
-            resolve_checkpoint(attacker.hparams["target_model"], args.classifiers_dir),
-            noise=attacker.hparams["noise_scale"],
-        )
-        for attacker in attackers
-    ]
-    splits_cache: dict[tuple[str, int], Splits] = {}
+    targets = []
+    for path, attacker in zip(paths, attackers, strict=True):
+        target_path = resolve_checkpoint(attacker.hparams["target_model"], args.classifiers_dir)
+        target = load_classifier(target_path, wire=attacked_wire(attacker.hparams))
+        check_images(target_path.name, target.hparams["input_shape"], target.hparams["dataset"])
+        check_images(path.name, attacker.hparams["image_shape"], attacker.hparams["dataset"])
+        targets.append(target)
+    splits_cache: dict[tuple, Splits] = {}
     rows = []
     for path, attacker, target in zip(paths, attackers, targets, strict=True):
         hp = attacker.hparams
-        key = (hp["dataset"], int(hp["data_seed"]))
+        sizes = split_sizes(target.hparams)
+        key = (hp["dataset"], int(hp["data_seed"]), *sorted(sizes.items()))
         if key not in splits_cache:
-            splits_cache[key] = make_splits(key[0], seed=key[1], test_size=args.test_size, root=args.data_dir)
+            splits_cache[key] = make_splits(
+                hp["dataset"], seed=int(hp["data_seed"]), test_size=args.test_size, root=args.data_dir, **sizes
+            )
         splits = splits_cache[key]
         validator = obtain_validator(
             splits,
@@ -80,16 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "attacker": path.name,
             "target": hp["target_model"],
             "dataset": hp["dataset"],
-            "noise_scale": hp["noise_scale"],
-            "trained_noise_scale": target.hparams["noise_scale"],
-            "nopeek_weight": target.hparams["nopeek_weight"],
+            "architecture": target.hparams["architecture"],
+            "defences": target.trained_with(),
+            "wire": canonical(target.wire_defences),
+            "attack": hp.get("attack", "decoder"),
+            "noise_scale": strength_of(target.wire_defences, "laplace"),
+            "trained_noise_scale": strength_of(target.defences, "laplace"),
+            "nopeek_weight": strength_of(target.defences, "nopeek"),
             "aux_dataset": hp["aux_dataset"],
             "aux_size": hp["aux_size"],
             "seed": hp["seed"],
             **measured,
         }
         rows.append(row)
-        print(f"{path.name} (scored on {measured['n_test']} test images)")
+        print(f"{path.name} (scored on {measured['n_test']} test images; wire: {row['wire']})")
         print(attack_table(row, METRICS))
     write_table(args.output, rows)
     print(f"wrote {args.output}")

@@ -1,19 +1,29 @@
-"""Train a model-inversion attacker against a saved classifier.
+"""Train an attack against a saved classifier and save it under models/attackers/.
 
     python scripts/train_attacker.py --model demo_05noise_01nopeek --aux-size 1000
+    python scripts/train_attacker.py --model demo_0noise_01nopeek --wire laplace:scale=1   # noise added after training
 
 The attacker is a curious server: it passes its own auxiliary images (a split disjoint
 from everything the target trained on) through the client, records what crosses the
-wire, noise included, and learns to decode it. It is scored on the target's test split
-against the label-only baseline; the figures are printed and appended, with their
-standard errors, to results/train_attacker.csv.
+wire, noise included, and learns from it (the ``decoder`` attack learns to decode it).
+It is scored on the target's test split beside its baseline (for reconstructions, the
+label-only baseline); the figures are printed and appended, with their standard errors,
+to results/train_attacker.csv.
+
+``--wire`` replaces the defences on the model's wire by those given (``--model-noise S``
+is ``--wire laplace:scale=S``); without either, the wire the model was trained with is
+attacked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_type_hints
 
+from torch import nn
+
+from dpsnn.attacks import Attack, AttackTraining, attack_from, registered_attacks
 from dpsnn.checkpoints import (
     ATTACKERS_DIR,
     CLASSIFIERS_DIR,
@@ -22,19 +32,102 @@ from dpsnn.checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from dpsnn.cli import ArgumentParser, add_run_arguments, non_negative_float, positive_float, positive_int, run
+from dpsnn.cli import (
+    ArgumentParser,
+    add_run_arguments,
+    append_result,
+    check_images,
+    check_table,
+    checked,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    run,
+    split_sizes,
+    strength_of,
+    wire_argument,
+    wire_from,
+    wire_key,
+)
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
-from dpsnn.errors import DataError
+from dpsnn.defences import canonical, label
+from dpsnn.errors import ConfigError, DataError
 from dpsnn.evaluation import evaluate_attack
-from dpsnn.results import RESULTS_DIR, append_rows, attack_table
-from dpsnn.training import train_attacker
+from dpsnn.results import RESULTS_DIR, attack_table
+
+COLUMNS = (
+    "attacker",
+    "target",
+    "dataset",
+    "architecture",
+    "defences",
+    "wire",
+    "attack",
+    "noise_scale",
+    "nopeek_weight",
+    "aux_dataset",
+    "aux_size",
+    "seed",
+)
+# The table before defence and attack specs: the wire's noise scale and the target's NoPeek weight only.
+LEGACY_COLUMNS = ("attacker", "target", "dataset", "noise_scale", "nopeek_weight", "aux_dataset", "aux_size", "seed")
+
+
+def upgrade_legacy_row(row: dict[str, str]) -> dict[str, str]:
+    """A row of the table's first schema with today's columns (the target's defences were not recorded)."""
+    wire = canonical([f"laplace:scale={float(row['noise_scale'] or 0)}"])
+    new = {"architecture": "reference", "defences": "", "wire": wire, "attack": "decoder"}
+    upgraded = {**row, **new}
+    return {column: upgraded[column] for column in (*COLUMNS, *(c for c in row if c not in COLUMNS))}
+
+
+def saves_weights(attack: type[Attack]) -> bool:
+    """Whether fitting ``attack`` gives a module with weights to save (the label-only baseline has none)."""
+    try:
+        fitted = get_type_hints(attack.fit).get("return")
+    except Exception:  # an annotation that cannot be resolved: the fitted attack is checked after fitting
+        return True
+    return isinstance(fitted, type) and issubclass(fitted, nn.Module)
+
+
+def trainable_attacks() -> list[str]:
+    """The registered attacks whose fitted form is a checkpoint."""
+    return sorted(name for name, attack in registered_attacks().items() if saves_weights(attack))
+
+
+def _attack(text: str) -> Attack:
+    attack = attack_from(text)
+    if not saves_weights(type(attack)):
+        raise ConfigError(
+            f"attack '{attack.name}' has nothing to train or save (evaluate_attackers.py scores it beside every "
+            f"attacker); choose from {', '.join(trainable_attacks())}"
+        )
+    return attack
 
 
 def parse_args(argv: Sequence[str] | None) -> object:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="classifier checkpoint: a path, a file name or a unique prefix")
     parser.add_argument(
-        "--model-noise", type=non_negative_float, default=None, help="wire noise to attack (default: the model's own)"
+        "--attack",
+        type=checked(_attack),
+        default="decoder",
+        metavar="NAME[:key=value,...]",
+        help=f"the attack to train: {', '.join(trainable_attacks())}",
+    )
+    parser.add_argument(
+        "--model-noise",
+        type=non_negative_float,
+        default=None,
+        help="Laplace scale on the wire to attack (--wire laplace:scale=S); default: the model's own",
+    )
+    parser.add_argument(
+        "--wire",
+        type=wire_argument,
+        action="append",
+        default=None,
+        metavar="NAME:key=value,...",
+        help="a defence on the wire to attack instead of the model's own, repeatable (e.g. laplace:scale=1)",
     )
     parser.add_argument("--aux-dataset", default=None, help=f"one of {', '.join(DATASETS)} (default: the model's)")
     parser.add_argument("--aux-size", type=positive_int, default=None, help="auxiliary images (default: all 5000)")
@@ -52,14 +145,21 @@ def parse_args(argv: Sequence[str] | None) -> object:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    wire = wire_from(args.model_noise, args.wire, "--model-noise")
     target_path = resolve_checkpoint(args.model, args.classifiers_dir)
-    target = load_classifier(target_path, noise=args.model_noise)
+    target = load_classifier(target_path, wire=wire)
     dataset, data_seed = target.hparams["dataset"], int(target.hparams["seed"])
+    input_shape = tuple(target.hparams["input_shape"])
     aux_dataset = args.aux_dataset or dataset
+    check_images(target_path.name, input_shape, dataset)
+    check_images(target_path.name, input_shape, aux_dataset, "--aux-dataset")
     seed = data_seed if args.seed is None else args.seed
+    table = args.results_dir / "train_attacker.csv"
+    check_table(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
 
-    # Same dataset and seed as the target: the auxiliary split is disjoint from its training data.
-    splits = make_splits(dataset, seed=data_seed, test_size=args.test_size, root=args.data_dir)
+    # The target's dataset, seed and split sizes: the auxiliary split is disjoint from its training data.
+    sizes = split_sizes(target.hparams)
+    splits = make_splits(dataset, seed=data_seed, test_size=args.test_size, root=args.data_dir, **sizes)
     aux_source = splits if aux_dataset == dataset else make_splits(aux_dataset, seed=data_seed, root=args.data_dir)
     aux_size = args.aux_size or len(aux_source.aux)
     if aux_size > len(aux_source.aux):
@@ -68,42 +168,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({len(aux_source.aux)} images)"
         )
     aux = aux_source.aux.subset(aux_size)
-    noise = target.wire.scale
-
-    attacker = train_attacker(
-        target,
-        aux.images,
+    wire_specs = target.wire_defences
+    training = AttackTraining(
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         max_epochs=args.max_epochs,
-        seed=seed,
         progress=not args.no_progress,
-        log_dir=args.log_dir,
+        log_dir=None if args.log_dir is None else str(args.log_dir),
+    )
+    attacker = args.attack.fit(
+        target,
+        aux,
+        training,
+        seed=seed,
+        attack=args.attack.spec(),
         target_model=target_path.name,
         dataset=dataset,
-        noise_scale=noise,
+        wire=canonical(wire_specs),
+        noise_scale=strength_of(wire_specs, "laplace"),
         aux_dataset=aux_dataset,
         aux_size=aux_size,
         data_seed=data_seed,
     )
+    if not isinstance(attacker, nn.Module):
+        raise ConfigError(f"attack '{args.attack.name}' has nothing to save; choose from {trainable_attacks()}")
     # The label-only baseline needs the target's classes: its own dataset's auxiliary split.
     measured = evaluate_attack(target, attacker, splits.test, splits.aux.subset(aux_size), seed=seed)
     epoch = args.max_epochs - 1
-    name = args.saveas or attacker_filename(target_path.stem.split("_epoch=")[0], noise, aux_dataset, aux_size, epoch)
+    stem = target_path.stem.split("_epoch=")[0]
+    name = args.saveas or attacker_filename(stem, wire_key(wire_specs), aux_dataset, aux_size, epoch)
     path = save_checkpoint(attacker, args.models_dir / Path(name).name, "attacker", epoch)
     row = {
         "attacker": path.name,
         "target": target_path.name,
         "dataset": dataset,
-        "noise_scale": noise,
-        "nopeek_weight": target.hparams["nopeek_weight"],
+        "architecture": target.hparams["architecture"],
+        "defences": target.trained_with(),
+        "wire": canonical(wire_specs),
+        "attack": args.attack.spec(),
+        "noise_scale": strength_of(wire_specs, "laplace"),
+        "nopeek_weight": strength_of(target.defences, "nopeek"),
         "aux_dataset": aux_dataset,
         "aux_size": aux_size,
         "seed": seed,
         **measured,
     }
-    append_rows(args.results_dir / "train_attacker.csv", [row])
+    append_result(table, row, {LEGACY_COLUMNS: upgrade_legacy_row})
     print(f"saved {path}")
+    print(f"attack: {args.attack.label()}; target trained with {label(target.defences)}; wire: {label(wire_specs)}")
     print(f"scored on {measured['n_test']} test images")
     print(attack_table(row, ("mse", "psnr", "ssim", "dcor")))
     return 0

@@ -1,10 +1,17 @@
 """Train a defended split network and save it under models/classifiers/.
 
     python scripts/train_model.py --noise-scale 0.5 --nopeek-weight 0.1 --max-epochs 10
+    python scripts/train_model.py --dataset cifar10 --architecture resnet18:2 --defence laplace:scale=0.5
 
-Writes ``<saveas>_<S>noise_<W>nopeek_epoch=XX.ckpt`` (the best epoch by val accuracy),
-prints val accuracy and dCor(x, what the server sees) and appends them, with their
-standard errors, to results/train_model.csv.
+Writes ``<saveas>_<S>noise_<W>nopeek_epoch=XX.ckpt`` (the best epoch by val accuracy;
+another architecture than ``reference`` is named after the prefix, and any further
+``--defence`` after the nopeek key), prints val accuracy, dCor(x, what the server sees)
+and what the defences measure, and appends them, with their standard errors, to
+results/train_model.csv.
+
+``--noise-scale S`` is ``--defence laplace:scale=S`` and ``--nopeek-weight W`` is
+``--defence nopeek:weight=W``; a ``--defence`` of the same name replaces the flag's
+default, and setting both is an error.
 """
 
 from __future__ import annotations
@@ -12,21 +19,97 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from dpsnn.architectures import architecture_names, build_split
 from dpsnn.checkpoints import CLASSIFIERS_DIR, classifier_filename, save_checkpoint
-from dpsnn.cli import ArgumentParser, add_run_arguments, non_negative_float, positive_float, positive_int, run
-from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
+from dpsnn.cli import (
+    ArgumentParser,
+    add_run_arguments,
+    append_result,
+    architecture_argument,
+    check_table,
+    defence_argument,
+    measures_text,
+    merge_defences,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    run,
+    strength_of,
+)
+from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info, make_splits
+from dpsnn.defences import Laplace, NoPeek, canonical, check, label, registered_defences
 from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
 from dpsnn.models import LR_SCHEDULES
-from dpsnn.results import RESULTS_DIR, append_rows, format_measure
+from dpsnn.results import RESULTS_DIR, format_measure
 from dpsnn.training import train_classifier
+
+COLUMNS = (
+    "model",
+    "dataset",
+    "architecture",
+    "defences",
+    "seed",
+    "noise_scale",
+    "nopeek_weight",
+    "train_size",
+    "epoch",
+    "n_val",
+    "val_accuracy",
+    "val_accuracy_se",
+    "val_dcor",
+    "val_dcor_se",
+    "measures",
+)
+# The table before architectures and defence specs: the reference network, noise and NoPeek only.
+LEGACY_COLUMNS = (
+    "model",
+    "dataset",
+    "seed",
+    "noise_scale",
+    "nopeek_weight",
+    "train_size",
+    "epoch",
+    "n_val",
+    "val_accuracy",
+    "val_accuracy_se",
+    "val_dcor",
+    "val_dcor_se",
+)
+
+
+def upgrade_legacy_row(row: dict[str, str]) -> dict[str, str]:
+    """A row of the table's first schema in today's columns."""
+    defences = [Laplace(scale=float(row["noise_scale"] or 0)), NoPeek(weight=float(row["nopeek_weight"] or 0))]
+    upgraded = {**row, "architecture": "reference", "defences": canonical(defences), "measures": "{}"}
+    return {column: upgraded.get(column, "") for column in COLUMNS}
 
 
 def parse_args(argv: Sequence[str] | None) -> object:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--noise-scale", type=non_negative_float, default=0.0, help="Laplace scale on the wire")
     parser.add_argument(
-        "--nopeek-weight", type=non_negative_float, default=0.0, help="weight of dCor(x, h) in the loss"
+        "--noise-scale", type=non_negative_float, default=0.0, help="Laplace scale on the wire (laplace:scale=S)"
+    )
+    parser.add_argument(
+        "--nopeek-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of dCor(x, h) in the loss (nopeek:weight=W)",
+    )
+    parser.add_argument(
+        "--defence",
+        type=defence_argument,
+        action="append",
+        default=[],
+        metavar="NAME:key=value,...",
+        help=f"a defence to train with, repeatable; one of {', '.join(sorted(registered_defences()))} "
+        "(e.g. laplace:scale=0.5, nopeek:weight=0.1)",
+    )
+    parser.add_argument(
+        "--architecture",
+        type=architecture_argument,
+        default="reference",
+        help=f"the split network: {', '.join(architecture_names())} (resnet18 is resnet18:2)",
     )
     parser.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     parser.add_argument("--batch-size", type=positive_int, default=128)
@@ -39,6 +122,15 @@ def parse_args(argv: Sequence[str] | None) -> object:
     )
     parser.add_argument("--max-epochs", type=positive_int, default=10)
     parser.add_argument("--train-size", type=positive_int, default=None, help="images of the target train split")
+    parser.add_argument(
+        "--val-size", type=positive_int, default=None, help="images of the target val split (default: 5000)"
+    )
+    parser.add_argument(
+        "--aux-split-size",
+        type=positive_int,
+        default=None,
+        help="images kept out of training for the attacker's auxiliary split (default: 5000)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="fixes splits, initialisation and noise")
     parser.add_argument("--saveas", default="classifier", help="file-name prefix of the checkpoint")
     parser.add_argument("--models-dir", type=Path, default=CLASSIFIERS_DIR)
@@ -50,11 +142,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if "/" in args.saveas or not args.saveas:
         raise ConfigError(f"--saveas must be a plain file-name prefix, got '{args.saveas}'")
-    splits = make_splits(args.dataset, seed=args.seed, train_size=args.train_size, root=args.data_dir)
+    defences = merge_defences(
+        {
+            "laplace": ("--noise-scale", Laplace(scale=args.noise_scale)),
+            "nopeek": ("--nopeek-weight", NoPeek(weight=args.nopeek_weight)),
+        },
+        args.defence,
+    )
+    check(defences)
+    # Everything that can be known before loading data is checked first: nothing is written on bad input.
+    info = dataset_info(args.dataset)
+    build_split(args.architecture, info.image_shape, info.num_classes)
+    table = args.results_dir / "train_model.csv"
+    check_table(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
+    sizes = {"val_size": args.val_size, "aux_size": args.aux_split_size}
+    splits = make_splits(
+        args.dataset,
+        seed=args.seed,
+        train_size=args.train_size,
+        root=args.data_dir,
+        **{key: value for key, value in sizes.items() if value is not None},
+    )
     model, epoch = train_classifier(
         splits,
-        noise_scale=args.noise_scale,
-        nopeek_weight=args.nopeek_weight,
+        architecture=args.architecture,
+        defences=defences,
         learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         batch_size=args.batch_size,
@@ -63,15 +175,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         log_dir=args.log_dir,
     )
+    # The split sizes, so that the attacker and the evaluations rebuild the same disjoint splits.
+    model.hparams.update(val_size=len(splits.val), aux_split_size=len(splits.aux))
     measured = evaluate_classifier(model, splits.val, seed=args.seed)
-    path = args.models_dir / classifier_filename(args.saveas, args.noise_scale, args.nopeek_weight, epoch)
-    save_checkpoint(model, path, "classifier", epoch, extra={"val_accuracy": measured["accuracy"]})
+    measures = {key: value for defence in model.defences for key, value in defence.measures(model).items()}
+    path = args.models_dir / classifier_filename(args.saveas, defences, epoch, architecture=args.architecture)
+    save_checkpoint(model, path, "classifier", epoch, extra={"val_accuracy": measured["accuracy"], **measures})
     row = {
         "model": path.name,
         "dataset": args.dataset,
+        "architecture": args.architecture,
+        "defences": model.trained_with(),
         "seed": args.seed,
-        "noise_scale": args.noise_scale,
-        "nopeek_weight": args.nopeek_weight,
+        "noise_scale": strength_of(model.defences, "laplace"),
+        "nopeek_weight": strength_of(model.defences, "nopeek"),
         "train_size": len(splits.train),
         "epoch": epoch,
         "n_val": measured["n_test"],
@@ -79,11 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "val_accuracy_se": measured["accuracy_se"],
         "val_dcor": measured["dcor"],
         "val_dcor_se": measured["dcor_se"],
+        "measures": measures_text(measures),
     }
-    append_rows(args.results_dir / "train_model.csv", [row])
+    append_result(table, row, {LEGACY_COLUMNS: upgrade_legacy_row})
     print(f"saved {path}")
+    print(f"architecture: {args.architecture}; defences: {label(model.defences)}")
     print(f"val accuracy: {format_measure(row, 'val_accuracy')}")
     print(f"val dCor(x, what the server sees): {format_measure(row, 'val_dcor')}")
+    for key, value in sorted(measures.items()):
+        print(f"{key}: {value:.4g}")
     return 0
 
 

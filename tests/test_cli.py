@@ -1,12 +1,16 @@
 """Bad input to the scripts: one clear line on stderr, a non-zero exit, no traceback, nothing written.
 
-Every script runs as a subprocess from the repository root with DPSNN_OFFLINE=1 and all of its
-folders pointed into a temporary workspace. Starting a script costs seconds (torch and Lightning
-are imported), so one module fixture runs them all, two at a time, and each test checks one outcome.
+The first cases run every script as a subprocess from the repository root with DPSNN_OFFLINE=1 and
+all of its folders pointed into a temporary workspace. Starting a script costs seconds (torch and
+Lightning are imported), so one module fixture runs them all, two at a time, and each test checks
+one outcome. The cases of the registries' flags (``--architecture``, ``--defence``, ``--wire``,
+``--attack``) run each script's ``main`` through ``run`` in this process, as a script would, with
+the same checks. Checkpoints and results tables of the first schema keep working.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
@@ -25,8 +29,11 @@ from torch import nn
 
 from dpsnn import InversionAttacker, SplitNN
 from dpsnn.checkpoints import FORMAT_VERSION, save_checkpoint
-from dpsnn.cli import run
-from dpsnn.data import make_splits
+from dpsnn.cli import attacked_wire, merge_defences, run, wire_from, wire_key
+from dpsnn.data import DATASETS, make_splits
+from dpsnn.defences import DEFENCES, Defence, Laplace, NoPeek
+from dpsnn.errors import ConfigError
+from dpsnn.results import read_table
 from dpsnn.training import train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,9 +176,15 @@ def plant_attacker_as_classifier(ws: Workspace) -> None:
     save_checkpoint(attacker, ws.inputs / "attacker.ckpt", "attacker", 0)
 
 
+def other_architecture_model() -> SplitNN:
+    """A checkpoint that names the reference network but holds tensors of another layout."""
+    model = SplitNN(dataset="fashion-mnist", seed=0)
+    model.client = other_client()
+    return model
+
+
 def plant_other_architecture(ws: Workspace) -> None:
-    model = SplitNN(client=other_client(), dataset="fashion-mnist", seed=0)
-    save_checkpoint(model, ws.inputs / "other_0noise_0nopeek_epoch=00.ckpt", "classifier", 0)
+    save_checkpoint(other_architecture_model(), ws.inputs / "other_0noise_0nopeek_epoch=00.ckpt", "classifier", 0)
 
 
 CORRUPT = {
@@ -365,8 +378,21 @@ HELP = {
         "--train-size",
         "--seed",
         "--saveas",
+        "--architecture",
+        "--defence",
+        "--val-size",
+        "--aux-split-size",
     ],
-    "train_attacker.py": ["--model", "--model-noise", "--aux-dataset", "--aux-size", "--max-epochs"],
+    "train_attacker.py": [
+        "--model",
+        "--attack",
+        "--model-noise",
+        "--wire",
+        "--aux-dataset",
+        "--aux-size",
+        "--max-epochs",
+    ],
+    "evaluate_models.py": ["--models", "--noise", "--wire", "--test-size"],
 }
 
 
@@ -465,7 +491,7 @@ def test_untrusted_checkpoint_runs_no_code(outcomes, tmp_path):
 
 
 def test_other_architecture_fixture_really_differs():
-    ours = SplitNN(client=other_client()).state_dict()
+    ours = other_architecture_model().state_dict()
     default = SplitNN().state_dict()
     assert ours.keys() == default.keys()
     assert any(ours[key].shape != default[key].shape for key in ours)
@@ -478,3 +504,398 @@ def test_help_lists_the_flags(script, outcomes):
     for flag in HELP[script]:
         # --model must be there on its own, not only as the start of --model-noise
         assert re.search(rf"{re.escape(flag)}(?![\w-])", result.stdout), f"{flag} is missing from {script} --help"
+
+
+# --- the registries' flags, run in this process ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PerSampleToy(Defence):
+    """A stand-in for DP-SGD: a defence that needs per-sample gradients (registered only by a test)."""
+
+    noise: float = 0.0
+    name = "toy-per-sample"
+    strength = "noise"
+    per_sample = True
+
+
+def register_per_sample_toy(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DEFENCES, PerSampleToy.name, PerSampleToy)
+
+
+def register_tiny_images(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset of 6×6 images: too small for a ResNet-18 split (no such dataset is registered)."""
+    monkeypatch.setitem(DATASETS, "tiny-images", dataclasses.replace(DATASETS["mnist"], image_shape=(1, 6, 6)))
+
+
+def plant_unknown_table(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws.plant(ws.results, "train_model.csv", b"model,accuracy\nsomething,0.5\n")
+
+
+def plant_model(name: str, model: SplitNN) -> Callable[[Workspace, pytest.MonkeyPatch], None]:
+    def plant(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+        save_checkpoint(model, ws.plant(ws.models / "classifiers", name), "classifier", 0)
+
+    return plant
+
+
+@dataclass
+class InProcess:
+    id: str
+    script: str
+    args: tuple[str, ...]
+    expect: tuple[str, ...]  # what the error line must contain
+    code: int  # 2: a usage error found by argparse; 1: found once the arguments are read
+    plant: Callable[[Workspace, pytest.MonkeyPatch], None] | None = None
+
+
+IN_PROCESS = [
+    # train_model.py: --architecture and --defence
+    InProcess(
+        "train_model-unknown-architecture",
+        "train_model.py",
+        ("--architecture", "resnet50"),
+        ("argument --architecture", "unknown architecture 'resnet50'", "reference", "cifar-cnn", "resnet18:2"),
+        2,
+    ),
+    InProcess(
+        "train_model-architecture-option",
+        "train_model.py",
+        ("--architecture", "resnet18:7"),
+        ("argument --architecture", "resnet18:7", "1, 2, 3"),
+        2,
+    ),
+    InProcess(
+        "train_model-unknown-defence",
+        "train_model.py",
+        ("--defence", "dpsgd:noise=1"),
+        ("argument --defence", "unknown defence 'dpsgd'", "laplace, nopeek"),
+        2,
+    ),
+    InProcess(
+        "train_model-defence-without-value",
+        "train_model.py",
+        ("--defence", "laplace:scale"),
+        ("argument --defence", "malformed 'laplace:scale'", "key=value"),
+        2,
+    ),
+    InProcess(
+        "train_model-defence-not-name-colon",
+        "train_model.py",
+        ("--defence", "laplace scale=1"),
+        ("argument --defence", "malformed defence 'laplace scale=1'", "NAME:key=value"),
+        2,
+    ),
+    InProcess(
+        "train_model-defence-unknown-parameter",
+        "train_model.py",
+        ("--defence", "laplace:sigma=1"),
+        ("argument --defence", "'laplace' takes no parameter sigma", "it takes scale"),
+        2,
+    ),
+    InProcess(
+        "train_model-defence-negative",
+        "train_model.py",
+        ("--defence", "nopeek:weight=-1"),
+        ("argument --defence", "NoPeek weight must be a non-negative number"),
+        2,
+    ),
+    InProcess(
+        "train_model-defence-not-a-number",
+        "train_model.py",
+        ("--defence", "laplace:scale=big"),
+        ("argument --defence", "scale must be float", "'big'"),
+        2,
+    ),
+    InProcess(
+        "train_model-flag-and-defence",
+        "train_model.py",
+        ("--noise-scale", "0.5", "--defence", "laplace:scale=1"),
+        ("--noise-scale and --defence laplace", "only one"),
+        1,
+    ),
+    InProcess(
+        "train_model-defence-twice",
+        "train_model.py",
+        ("--defence", "nopeek:weight=0.1", "--defence", "nopeek:weight=0.2"),
+        ("defence 'nopeek' is given more than once",),
+        1,
+    ),
+    InProcess(
+        "train_model-invalid-combination",
+        "train_model.py",
+        ("--nopeek-weight", "0.1", "--defence", "toy-per-sample:noise=1"),
+        ("toy-per-sample needs per-sample gradients", "nopeek", "couples the samples"),
+        1,
+        register_per_sample_toy,
+    ),
+    InProcess(
+        "train_model-images-too-small-for-architecture",
+        "train_model.py",
+        ("--dataset", "tiny-images", "--architecture", "resnet18"),
+        ("'resnet18:2' needs images of at least 8×8 pixels", "1×6×6"),
+        1,
+        register_tiny_images,
+    ),
+    InProcess(
+        "train_model-results-of-unknown-schema",
+        "train_model.py",
+        (),
+        ("train_model.csv", "other columns", "--results-dir"),
+        1,
+        plant_unknown_table,
+    ),
+    # train_attacker.py: --attack and --wire
+    InProcess(
+        "train_attacker-label-only",
+        "train_attacker.py",
+        ("--model", "any", "--attack", "label-only"),
+        ("argument --attack", "'label-only' has nothing to train or save", "choose from decoder"),
+        2,
+    ),
+    InProcess(
+        "train_attacker-unknown-attack",
+        "train_attacker.py",
+        ("--model", "any", "--attack", "gradient-inversion"),
+        ("argument --attack", "unknown attack 'gradient-inversion'", "decoder"),
+        2,
+    ),
+    InProcess(
+        "train_attacker-training-defence-on-wire",
+        "train_attacker.py",
+        ("--model", "any", "--wire", "nopeek:weight=1"),
+        ("argument --wire", "'nopeek' puts nothing on the wire"),
+        2,
+    ),
+    InProcess(
+        "train_attacker-wire-unknown-parameter",
+        "train_attacker.py",
+        ("--model", "any", "--wire", "laplace:sigma=2"),
+        ("argument --wire", "takes no parameter sigma"),
+        2,
+    ),
+    InProcess(
+        "train_attacker-model-noise-and-wire",
+        "train_attacker.py",
+        ("--model", "any", "--model-noise", "1", "--wire", "laplace:scale=2"),
+        ("--model-noise and --wire laplace", "only one"),
+        1,
+    ),
+    InProcess(
+        "train_attacker-aux-dataset-of-other-images",
+        "train_attacker.py",
+        ("--model", "cifar_0noise_0nopeek", "--aux-dataset", "fashion-mnist"),
+        ("cifar_0noise_0nopeek_epoch=00.ckpt takes 3×32×32 images", "--aux-dataset 'fashion-mnist' has 1×28×28"),
+        1,
+        plant_model("cifar_0noise_0nopeek_epoch=00.ckpt", SplitNN(input_shape=(3, 32, 32), dataset="cifar10", seed=0)),
+    ),
+    InProcess(
+        "train_attacker-users-own-modules",
+        "train_attacker.py",
+        (
+            "--model",
+            "mine_0noise_0nopeek",
+        ),
+        ("mine_0noise_0nopeek_epoch=00.ckpt", "the user's own modules", "load_classifier(path, client="),
+        1,
+        plant_model(
+            "mine_0noise_0nopeek_epoch=00.ckpt",
+            SplitNN(client=nn.Sequential(nn.Flatten(), nn.Linear(784, 16)), server=nn.Linear(16, 10), seed=0),
+        ),
+    ),
+    # evaluate_models.py: --wire
+    InProcess(
+        "evaluate_models-training-defence-on-wire",
+        "evaluate_models.py",
+        ("--wire", "nopeek:weight=0.1"),
+        ("argument --wire", "'nopeek' puts nothing on the wire"),
+        2,
+    ),
+    InProcess(
+        "evaluate_models-noise-and-wire",
+        "evaluate_models.py",
+        ("--noise", "1", "--wire", "laplace:scale=1"),
+        ("--noise and --wire laplace", "only one"),
+        1,
+    ),
+    InProcess(
+        "evaluate_models-model-of-other-images",
+        "evaluate_models.py",
+        (),
+        ("odd_0noise_0nopeek_epoch=00.ckpt takes 1×28×28 images", "its dataset 'cifar10' has 3×32×32"),
+        1,
+        plant_model("odd_0noise_0nopeek_epoch=00.ckpt", SplitNN(dataset="cifar10", seed=0)),
+    ),
+]
+
+
+def run_main(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run ``script``'s ``main`` through :func:`run`, as its command line does; return the exit status."""
+    main = runpy.run_path(str(REPO / "scripts" / script))["main"]
+    monkeypatch.setattr(sys, "argv", [script])
+    monkeypatch.setenv("DPSNN_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exited:
+        run(main, args)
+    return exited.value.code
+
+
+@pytest.mark.parametrize("case", IN_PROCESS, ids=[case.id for case in IN_PROCESS])
+def test_registry_flags_bad_input_gives_one_clear_line(case, tmp_path, capsys, monkeypatch):
+    ws = Workspace(tmp_path, tmp_path / "data", tmp_path / TINY).create()
+    if case.plant:
+        case.plant(ws, monkeypatch)
+    before = {name: (ws.root / name).read_bytes() for name in ws.planted}
+    code = run_main(case.script, [*folder_flags(case.script, ws), *case.args], monkeypatch)
+    captured = capsys.readouterr()
+    assert code == case.code, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{captured.err[-3000:]}"
+    assert lines[0].startswith(f"{case.script}: error: "), lines[0]
+    for part in case.expect:
+        assert part in lines[0], f"{part!r} is not in the error line: {lines[0]}"
+    assert ws.written() == ws.planted, f"files left behind: {sorted(ws.written() - ws.planted)}"
+    assert {name: (ws.root / name).read_bytes() for name in ws.planted} == before, "a planted file was changed"
+
+
+def test_help_lists_only_trainable_attacks(capsys, monkeypatch):
+    assert run_main("train_attacker.py", ["--help"], monkeypatch) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the attack to train: decoder" in out and "label-only" not in out
+
+
+# --- the shorthand flags and the wire: merge rules ---------------------------------------------
+
+
+def test_a_defence_replaces_its_flags_default_in_place():
+    flags = {"laplace": ("--noise-scale", Laplace(0.0)), "nopeek": ("--nopeek-weight", NoPeek(0.1))}
+    merged = merge_defences(flags, [Laplace(0.5), PerSampleToy(1.0)])
+    assert merged == [Laplace(0.5), NoPeek(0.1), PerSampleToy(1.0)]
+    # The file name keeps the reference's <S>noise_<W>nopeek order, then the other defences.
+    assert [spec.key() for spec in merged] == ["05noise", "01nopeek", "toy-per-sample-noise1"]
+    assert merge_defences(flags, []) == [Laplace(0.0), NoPeek(0.1)]  # zero strength is still named
+    with pytest.raises(ConfigError, match="--nopeek-weight and --defence nopeek"):
+        merge_defences(flags, [NoPeek(0.2)])
+    # A second --defence of the same name is kept, for validate() to refuse.
+    assert merge_defences(flags, [Laplace(0.5), Laplace(1.0)])[-1] == Laplace(1.0)
+
+
+def test_the_wire_from_its_flags():
+    assert wire_from(None, None, "--noise") is None  # the model's own wire
+    assert wire_from(0.5, None, "--noise") == [Laplace(0.5)]
+    assert wire_from(None, [Laplace(1.0)], "--noise") == [Laplace(1.0)]
+    with pytest.raises(ConfigError, match="--noise and --wire laplace"):
+        wire_from(0.5, [Laplace(1.0)], "--noise")
+    assert (wire_key([]), wire_key([Laplace(0.0)]), wire_key([Laplace(1.0)])) == ("0noise", "0noise", "1noise")
+
+
+def test_the_wire_an_attacker_attacked():
+    assert attacked_wire({"wire": "laplace(scale=0.5)", "noise_scale": 0.5}) == [Laplace(0.5)]
+    assert attacked_wire({"wire": "none", "noise_scale": 0.0}) == []
+    assert attacked_wire({"noise_scale": 0.25}) == [Laplace(0.25)]  # checkpoints before the wire was recorded
+
+
+# --- the first schema: old checkpoints and results tables --------------------------------------
+
+
+def legacy_checkpoint(path: Path, kind: str, hyper_parameters: dict, state_dict: dict) -> Path:
+    """A checkpoint as dpsnn wrote it before architectures and defence specs."""
+    payload = {
+        "dpsnn": {"kind": kind, "format_version": FORMAT_VERSION},
+        "hyper_parameters": hyper_parameters,
+        "epoch": 0,
+        "extra": {},
+        "state_dict": state_dict,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def test_old_attacker_checkpoints_are_evaluated_and_plotted(tmp_path, data_root, monkeypatch, capsys):
+    classifiers, attackers = tmp_path / "classifiers", tmp_path / "attackers"
+    torch.manual_seed(0)
+    target = "old_0noise_01nopeek_epoch=00.ckpt"
+    legacy_checkpoint(
+        classifiers / target,
+        "classifier",
+        {"noise_scale": 0.0, "nopeek_weight": 0.1, "learning_rate": 1e-3, "num_classes": 10, "lr_schedule": "constant"}
+        | {"dataset": "fashion-mnist", "seed": 0, "train_size": 500},
+        SplitNN().state_dict(),
+    )
+    legacy_checkpoint(
+        attackers / "old_0noise_01nopeek_attacker_05noise_fashion-mnist50aux_epoch=00.ckpt",
+        "attacker",
+        {"learning_rate": 1e-3, "intermediate_size": 500, "target_model": target, "dataset": "fashion-mnist"}
+        | {"noise_scale": 0.5, "aux_dataset": "fashion-mnist", "aux_size": 50, "data_seed": 0, "seed": 0},
+        InversionAttacker().state_dict(),
+    )
+    output = tmp_path / "attacks.csv"
+    args = [
+        *("--attackers-dir", str(attackers), "--classifiers-dir", str(classifiers), "--data-dir", str(data_root)),
+        *("--validators-dir", str(tmp_path / "validators"), "--output", str(output), "--test-size", "128"),
+        *("--validator-train-size", "256", "--validator-epochs", "1", "--no-progress"),
+    ]
+    assert run_main("evaluate_attackers.py", args, monkeypatch) == 0, capsys.readouterr().err
+    _, (row,) = read_table(output)
+    assert (row["defences"], row["wire"], row["attack"]) == ("nopeek(weight=0.1)", "laplace(scale=0.5)", "decoder")
+    assert (row["noise_scale"], row["trained_noise_scale"], row["nopeek_weight"]) == ("0.5", "0", "0.1")
+    assert 0 <= float(row["attack_ssim_se"]) and 0 <= float(row["attack_validator_acc"]) <= 1
+
+    plot = runpy.run_path(str(REPO / "scripts" / "plot_attack.py"))
+    drawn = {}
+    # run_path returns a copy of the script's globals: replace the grid where main looks it up.
+    plot["main"].__globals__["reconstruction_grid"] = lambda rows, path, title=None: drawn.update(rows) or Path(path)
+    monkeypatch.setenv("DPSNN_OFFLINE", "1")
+    args = [*("--attackers-dir", str(attackers), "--classifiers-dir", str(classifiers), "--data-dir", str(data_root))]
+    assert plot["main"]([*args, "--output", str(tmp_path / "grid.png"), "--n-images", "3"]) == 0
+    # The row names what the target was trained with and the noise switched on after training.
+    assert list(drawn) == ["original", "NoPeek 0.1, wire: noise 0.5\naux 50", "label-only\nbaseline"]
+    assert all(images.shape == (3, 1, 28, 28) for images in drawn.values())
+
+
+def test_a_results_table_of_the_first_schema_is_migrated(tmp_path, data_root, monkeypatch, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    old = (
+        "model,dataset,seed,noise_scale,nopeek_weight,train_size,epoch,n_val,val_accuracy,val_accuracy_se,"
+        "val_dcor,val_dcor_se\nold_05noise_0nopeek_epoch=02.ckpt,fashion-mnist,0,0.5,0,50000,2,5000,0.9,0.004,0.8,0.01\n"
+    )
+    (results / "train_model.csv").write_text(old)
+    args = [
+        *("--train-size", "256", "--val-size", "256", "--max-epochs", "1", "--defence", "nopeek:weight=0.2"),
+        *("--saveas", "new", "--models-dir", str(tmp_path / "classifiers"), "--results-dir", str(results)),
+        *("--data-dir", str(data_root), "--no-progress"),
+    ]
+    assert run_main("train_model.py", args, monkeypatch) == 0, capsys.readouterr().err
+    assert f"migrated 1 earlier row of {results / 'train_model.csv'} to its new columns" in capsys.readouterr().out
+    header, (first, second) = read_table(results / "train_model.csv")
+    assert header[:4] == ["model", "dataset", "architecture", "defences"] and header[-1] == "measures"
+    assert (first["model"], first["architecture"], first["defences"]) == (
+        "old_05noise_0nopeek_epoch=02.ckpt",
+        "reference",
+        "laplace(scale=0.5)",
+    )
+    assert (first["val_accuracy"], first["measures"]) == ("0.9", "{}")
+    assert second["model"] == "new_0noise_02nopeek_epoch=00.ckpt" and second["defences"] == "nopeek(weight=0.2)"
+    assert (tmp_path / "classifiers" / second["model"]).is_file()
+
+
+def test_an_attack_table_row_of_the_first_schema_is_upgraded():
+    upgrade = runpy.run_path(str(REPO / "scripts" / "train_attacker.py"))["upgrade_legacy_row"]
+    old = {"attacker": "a.ckpt", "target": "t.ckpt", "dataset": "fashion-mnist", "noise_scale": "1"}
+    old |= {"nopeek_weight": "0.1", "aux_dataset": "mnist", "aux_size": "500", "seed": "0", "attack_mse": "0.03"}
+    row = upgrade(old)
+    assert (row["wire"], row["attack"], row["architecture"]) == ("laplace(scale=1)", "decoder", "reference")
+    assert row["defences"] == "" and row["attack_mse"] == "0.03"  # the target's defences were not recorded
+    assert list(row)[:7] == ["attacker", "target", "dataset", "architecture", "defences", "wire", "attack"]
+
+
+def test_grid_row_labels_name_the_defences_the_wire_and_the_architecture():
+    row_label = runpy.run_path(str(REPO / "scripts" / "plot_attack.py"))["row_label"]
+    plain = SplitNN()
+    defended = SplitNN(defences=["laplace:scale=0.5", "nopeek:weight=0.1"])
+    assert row_label(plain, plain.wire_defences, 10) == "no defence\naux 10"
+    assert row_label(defended, defended.wire_defences, 10) == "noise 0.5 + NoPeek 0.1\naux 10"
+    assert row_label(plain, [Laplace(1.0)], 10) == "no defence, wire: noise 1\naux 10"
+    cifar = SplitNN("cifar-cnn", input_shape=(3, 32, 32), defences=["nopeek:weight=0.2"])
+    assert row_label(cifar, [], 5) == "cifar-cnn: NoPeek 0.2\naux 5"
