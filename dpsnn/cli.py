@@ -153,14 +153,6 @@ def wire_key(wire: Iterable[Defence]) -> str:
     return "_".join(spec.key() for spec in active) or Laplace(scale=0.0).key()
 
 
-def strength_of(defences: Iterable[Defence], name: str) -> float:
-    """The strength of the defence ``name`` among ``defences`` (0 when it is not there)."""
-    for spec in defences:
-        if spec.name == name and spec.strength is not None:
-            return float(getattr(spec, spec.strength))
-    return 0.0
-
-
 def check_images(model_name: str, input_shape: Sequence[int], dataset: str, what: str = "its dataset") -> None:
     """:class:`DataError` when the images of the registered ``dataset`` are not the ``input_shape`` a model takes."""
     shape = image_shape(dataset)

@@ -26,9 +26,10 @@ from dpsnn.checkpoints import (
     load_classifier,
     resolve_checkpoint,
 )
-from dpsnn.cli import ArgumentParser, attacked_wire, check_images, positive_int, run, split_sizes, strength_of
+from dpsnn.cli import ArgumentParser, attacked_wire, check_images, positive_int, run, split_sizes
 from dpsnn.data import DEFAULT_DATA_DIR, Splits, make_splits
 from dpsnn.defences import canonical
+from dpsnn.defences.base import param_of
 from dpsnn.evaluation import evaluate_attack
 from dpsnn.results import RESULTS_DIR, attack_table, write_table
 from dpsnn.training import obtain_validator
@@ -91,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "defences": target.trained_with(),
             "wire": canonical(target.wire_defences),
             "attack": hp.get("attack", "decoder"),
-            "noise_scale": strength_of(target.wire_defences, "laplace"),
-            "trained_noise_scale": strength_of(target.defences, "laplace"),
-            "nopeek_weight": strength_of(target.defences, "nopeek"),
+            "noise_scale": param_of(target.wire_defences, "laplace"),
+            "trained_noise_scale": param_of(target.defences, "laplace"),
+            "nopeek_weight": param_of(target.defences, "nopeek"),
             "aux_dataset": hp["aux_dataset"],
             "aux_size": hp["aux_size"],
             "seed": hp["seed"],

@@ -23,12 +23,12 @@ from dpsnn.cli import (
     positive_int,
     run,
     split_sizes,
-    strength_of,
     wire_argument,
     wire_from,
 )
 from dpsnn.data import DEFAULT_DATA_DIR, Splits, make_splits
 from dpsnn.defences import canonical
+from dpsnn.defences.base import param_of
 from dpsnn.evaluation import evaluate_classifier
 from dpsnn.results import RESULTS_DIR, format_measure, write_table
 
@@ -77,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "defences": model.trained_with(),
             "wire": canonical(model.wire_defences),
             "seed": seed,
-            "noise_scale": strength_of(model.wire_defences, "laplace"),
-            "trained_noise_scale": strength_of(model.defences, "laplace"),
-            "nopeek_weight": strength_of(model.defences, "nopeek"),
+            "noise_scale": param_of(model.wire_defences, "laplace"),
+            "trained_noise_scale": param_of(model.defences, "laplace"),
+            "nopeek_weight": param_of(model.defences, "nopeek"),
             "train_size": model.hparams.get("train_size"),
             "epoch": model.checkpoint_epoch,
             **measured,

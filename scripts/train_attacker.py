@@ -44,13 +44,13 @@ from dpsnn.cli import (
     positive_int,
     run,
     split_sizes,
-    strength_of,
     wire_argument,
     wire_from,
     wire_key,
 )
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, make_splits
 from dpsnn.defences import canonical, label
+from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.evaluation import evaluate_attack
 from dpsnn.results import RESULTS_DIR, attack_table
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_model=target_path.name,
         dataset=dataset,
         wire=canonical(wire_specs),
-        noise_scale=strength_of(wire_specs, "laplace"),
+        noise_scale=param_of(wire_specs, "laplace"),
         aux_dataset=aux_dataset,
         aux_size=aux_size,
         data_seed=data_seed,
@@ -206,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "defences": target.trained_with(),
         "wire": canonical(wire_specs),
         "attack": args.attack.spec(),
-        "noise_scale": strength_of(wire_specs, "laplace"),
-        "nopeek_weight": strength_of(target.defences, "nopeek"),
+        "noise_scale": param_of(wire_specs, "laplace"),
+        "nopeek_weight": param_of(target.defences, "nopeek"),
         "aux_dataset": aux_dataset,
         "aux_size": aux_size,
         "seed": seed,

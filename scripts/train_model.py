@@ -34,10 +34,10 @@ from dpsnn.cli import (
     positive_float,
     positive_int,
     run,
-    strength_of,
 )
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info, make_splits
 from dpsnn.defences import Laplace, NoPeek, canonical, check, label, registered_defences
+from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
 from dpsnn.models import LR_SCHEDULES
@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "architecture": args.architecture,
         "defences": model.trained_with(),
         "seed": args.seed,
-        "noise_scale": strength_of(model.defences, "laplace"),
-        "nopeek_weight": strength_of(model.defences, "nopeek"),
+        "noise_scale": param_of(model.defences, "laplace"),
+        "nopeek_weight": param_of(model.defences, "nopeek"),
         "train_size": len(splits.train),
         "epoch": epoch,
         "n_val": measured["n_test"],

@@ -285,6 +285,16 @@ def parse_canonical(text: str) -> tuple[Defence, ...]:
     return normalise(defence_from(part) for part in text.split("+"))
 
 
+def param_of(defences: Iterable[Defence], name: str, param: str | None = None) -> Any:
+    """The ``param`` (by default the strength) of the defence ``name`` among ``defences``; 0 when it is not there."""
+    for defence in defences:
+        if defence.name == name:
+            if (param or defence.strength) is None:
+                raise ConfigError(f"defence '{name}' has no strength parameter; name the parameter to read")
+            return defence.params()[param or defence.strength]
+    return 0.0
+
+
 def label(defences: Iterable[Defence]) -> str:
     """``noise 0.5 + NoPeek 0.1``, or ``none``."""
     return " + ".join(d.label() for d in normalise(defences)) or "none"

@@ -29,6 +29,7 @@ from dpsnn.architectures import canonical_architecture
 from dpsnn.attacks.base import Attack, attack_from
 from dpsnn.defences import Defence, canonical, check, defence_class, make_defence, normalise, parse_canonical
 from dpsnn.defences import label as defences_label
+from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError
 
 # Accuracy "collapses" when it keeps less than this share of the way from chance to the
@@ -394,7 +395,7 @@ def defence_param(name: str, param: str | None = None) -> Callable[[RunConfig], 
     """A function reading defence ``name``'s ``param`` (its strength by default) off the trained model; 0 when off."""
 
     def value(config: RunConfig) -> Any:
-        return _param_of(config.defences, name, param)
+        return param_of(config.defences, name, param)
 
     return value
 
@@ -404,16 +405,9 @@ def wire_param(name: str, param: str | None = None) -> Callable[[RunConfig], Any
 
     def value(config: RunConfig) -> Any:
         wire = config.inference_defences if config.inference_defences is not None else wire_of(config.defences)
-        return _param_of(wire, name, param)
+        return param_of(wire, name, param)
 
     return value
-
-
-def _param_of(defences: Iterable[Defence], name: str, param: str | None) -> Any:
-    for defence in defences:
-        if defence.name == name:
-            return defence.params()[param or defence.strength]
-    return 0.0
 
 
 def trained_with(*names: str) -> Callable[[Context, Any], RunConfig]:
