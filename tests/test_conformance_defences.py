@@ -402,6 +402,7 @@ def test_the_toy_defence_is_gone_after_its_test():
     assert "toy-hooks" not in registered_defences()
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_a_wrapping_defence_needs_the_loader_it_wraps(toy_defence):
     from dpsnn.loops import make_trainer
 
