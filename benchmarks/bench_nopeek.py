@@ -49,9 +49,10 @@ from _timing import (
 )
 from torch import Tensor
 
-from dpsnn.defences.nopeek import NoPeekLoss, distance_correlation
+from dpsnn.architectures import INTERMEDIATE_SIZE  # the reference network's intermediate vector
+from dpsnn.defences.nopeek import NoPeekLoss
+from dpsnn.stats import distance_correlation
 
-INTERMEDIATE_SIZE = 500
 NUM_CLASSES = 10
 TARGET_BATCH = 128
 TARGET_SPEED_UP = 1000.0
