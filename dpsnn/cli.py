@@ -26,8 +26,7 @@ from typing import Any, NoReturn, TypeVar
 from dpsnn.architectures import canonical_architecture
 from dpsnn.data import image_shape
 from dpsnn.defences import Defence, Laplace, check, parse_canonical, parse_defence
-from dpsnn.errors import ConfigError, DataError, DpsnnError, ResultsError
-from dpsnn.results import read_table, write_table
+from dpsnn.errors import ConfigError, DataError, DpsnnError
 
 T = TypeVar("T")
 
@@ -184,52 +183,6 @@ def measures_text(measures: Mapping[str, float]) -> str:
 def shape_text(shape: Sequence[int]) -> str:
     """``3×32×32``."""
     return "×".join(str(int(size)) for size in shape)
-
-
-Upgrade = Callable[[dict[str, str]], dict[str, Any]]
-
-
-def _existing_rows(
-    path: Path, columns: Sequence[str], legacy: Mapping[tuple[str, ...], Upgrade] | None, prefix_only: bool
-) -> tuple[list[dict[str, Any]], bool]:
-    header, rows = read_table(path)
-    if not header:
-        return [], False
-    fits = header[: len(columns)] == list(columns) if prefix_only else header == list(columns)
-    if fits:
-        return list(rows), False
-    for old, upgrade in (legacy or {}).items():
-        if header[: len(old)] == list(old):
-            return [upgrade(row) for row in rows], True
-    raise ResultsError(
-        f"{path} was written with other columns (an unknown version of its schema); "
-        "move it aside or write to another --results-dir"
-    )
-
-
-def check_table(path: Path, columns: Sequence[str], legacy: Mapping[tuple[str, ...], Upgrade] | None = None) -> None:
-    """Before any work: :class:`ResultsError` unless the table at ``path`` is new or starts with ``columns``.
-
-    A table that starts with a header of ``legacy`` (an older schema) passes too: it is
-    migrated when the row is appended.
-    """
-    _existing_rows(Path(path), columns, legacy, prefix_only=True)
-
-
-def append_result(path: Path, row: Mapping[str, Any], legacy: Mapping[tuple[str, ...], Upgrade] | None = None) -> Path:
-    """Append ``row`` to the table at ``path`` (atomically).
-
-    Rows under a header of ``legacy`` (an older schema, by its first columns) are migrated
-    by its function first, with a line saying so; any other header is a :class:`ResultsError`.
-    """
-    path = Path(path)
-    columns = list(row)
-    existing, migrated = _existing_rows(path, columns, legacy, prefix_only=False)
-    written = write_table(path, [*existing, row], columns)
-    if migrated:
-        rows = f"{len(existing)} earlier row{'s' if len(existing) != 1 else ''}"
-        print(f"migrated {rows} of {path} to its new columns")
-    return written
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_dir: Path, results_dir: Path) -> None:

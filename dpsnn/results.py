@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +64,55 @@ def write_table(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: li
     return Path(path)
 
 
-def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Add ``rows`` to the table at ``path``; its columns must be the table's columns."""
-    rows = list(rows)
-    header, existing = read_table(path)
+#: Turns a row of an older schema of a table into a row of its current columns.
+Upgrade = Callable[[dict[str, str]], dict[str, Any]]
+
+
+def _existing_rows(
+    path: Path, columns: Sequence[str], legacy: Mapping[tuple[str, ...], Upgrade] | None, prefix_only: bool
+) -> tuple[list[dict[str, Any]], bool]:
+    """The rows already at ``path`` under ``columns`` (upgraded if under a ``legacy`` header), and whether upgraded."""
+    header, rows = read_table(path)
+    if not header:
+        return [], False
+    if (header[: len(columns)] if prefix_only else header) == list(columns):
+        return list(rows), False
+    for old, upgrade in (legacy or {}).items():
+        if header[: len(old)] == list(old):
+            return [upgrade(row) for row in rows], True
+    raise ResultsError(
+        f"{path} was written with other columns (another version of its schema); "
+        "move it aside or write to another --results-dir"
+    )
+
+
+def check_columns(
+    path: str | Path, columns: Sequence[str], legacy: Mapping[tuple[str, ...], Upgrade] | None = None
+) -> None:
+    """Before any work: :class:`ResultsError` unless the table at ``path`` is new or starts with ``columns``.
+
+    A table that starts with a header of ``legacy`` (an older schema) passes too: it is
+    upgraded when rows are appended.
+    """
+    _existing_rows(Path(path), columns, legacy, prefix_only=True)
+
+
+def append_rows(
+    path: str | Path, rows: Iterable[Mapping[str, Any]], legacy: Mapping[tuple[str, ...], Upgrade] | None = None
+) -> Path:
+    """Add ``rows`` to the table at ``path``; its columns must be the table's columns.
+
+    Rows under a header of ``legacy`` (an older schema, by its first columns) are upgraded
+    by its function first, with a line saying so; any other header is a :class:`ResultsError`.
+    """
+    path, rows = Path(path), list(rows)
     columns = _columns(rows)
-    if header and header != columns:
-        raise ResultsError(
-            f"{path} was written with other columns (another version of its schema); "
-            "move it aside or write to another --results-dir"
-        )
-    return write_table(path, [*existing, *rows], columns)
+    existing, upgraded = _existing_rows(path, columns, legacy, prefix_only=False)
+    written = write_table(path, [*existing, *rows], columns)
+    if upgraded:
+        count = f"{len(existing)} earlier row{'s' if len(existing) != 1 else ''}"
+        print(f"migrated {count} of {path} to its new columns")
+    return written
 
 
 def format_measure(row: Mapping[str, Any], name: str, digits: int = 4) -> str:

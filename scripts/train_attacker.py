@@ -35,9 +35,7 @@ from dpsnn.checkpoints import (
 from dpsnn.cli import (
     ArgumentParser,
     add_run_arguments,
-    append_result,
     check_images,
-    check_table,
     checked,
     non_negative_float,
     positive_float,
@@ -53,7 +51,7 @@ from dpsnn.defences import canonical, label
 from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.evaluation import evaluate_attack
-from dpsnn.results import RESULTS_DIR, attack_table
+from dpsnn.results import RESULTS_DIR, append_rows, attack_table, check_columns
 
 COLUMNS = (
     "attacker",
@@ -155,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_images(target_path.name, input_shape, aux_dataset, "--aux-dataset")
     seed = data_seed if args.seed is None else args.seed
     table = args.results_dir / "train_attacker.csv"
-    check_table(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
+    check_columns(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
 
     # The target's dataset, seed and split sizes: the auxiliary split is disjoint from its training data.
     sizes = split_sizes(target.hparams)
@@ -213,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": seed,
         **measured,
     }
-    append_result(table, row, {LEGACY_COLUMNS: upgrade_legacy_row})
+    append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row})
     print(f"saved {path}")
     print(f"attack: {args.attack.label()}; target trained with {label(target.defences)}; wire: {label(wire_specs)}")
     print(f"scored on {measured['n_test']} test images")

@@ -24,9 +24,7 @@ from dpsnn.checkpoints import CLASSIFIERS_DIR, classifier_filename, save_checkpo
 from dpsnn.cli import (
     ArgumentParser,
     add_run_arguments,
-    append_result,
     architecture_argument,
-    check_table,
     defence_argument,
     measures_text,
     merge_defences,
@@ -41,7 +39,7 @@ from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
 from dpsnn.models import LR_SCHEDULES
-from dpsnn.results import RESULTS_DIR, format_measure
+from dpsnn.results import RESULTS_DIR, append_rows, check_columns, format_measure
 from dpsnn.training import train_classifier
 
 COLUMNS = (
@@ -154,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = dataset_info(args.dataset)
     build_split(args.architecture, info.image_shape, info.num_classes)
     table = args.results_dir / "train_model.csv"
-    check_table(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
+    check_columns(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
     sizes = {"val_size": args.val_size, "aux_size": args.aux_split_size}
     splits = make_splits(
         args.dataset,
@@ -198,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "val_dcor_se": measured["dcor_se"],
         "measures": measures_text(measures),
     }
-    append_result(table, row, {LEGACY_COLUMNS: upgrade_legacy_row})
+    append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row})
     print(f"saved {path}")
     print(f"architecture: {args.architecture}; defences: {label(model.defences)}")
     print(f"val accuracy: {format_measure(row, 'val_accuracy')}")
