@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -36,10 +36,14 @@ QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.acc
 
 
 class BestWeights(L.Callback):
-    """Keep, in memory, the weights of the epoch with the best ``monitor`` value."""
+    """Keep, in memory, the weights of the epoch with the best ``monitor`` value (from epoch ``from_epoch`` on).
 
-    def __init__(self, monitor: str = "val_acc", mode: str = "max") -> None:
-        self.monitor, self.mode = monitor, mode
+    Weights being pruned (``torch.nn.utils.prune``) are kept with their masks applied, in
+    the usual state-dict layout.
+    """
+
+    def __init__(self, monitor: str = "val_acc", mode: str = "max", from_epoch: int = 0) -> None:
+        self.monitor, self.mode, self.from_epoch = monitor, mode, from_epoch
         self.best_value = -math.inf if mode == "max" else math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, Tensor] | None = None
@@ -47,11 +51,28 @@ class BestWeights(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
+        if trainer.current_epoch < self.from_epoch:
+            return
         value = float(trainer.callback_metrics[self.monitor])
         better = value > self.best_value if self.mode == "max" else value < self.best_value
         if better or self.best_state is None:
             self.best_value, self.best_epoch = value, trainer.current_epoch
-            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.state_dict().items()})
+            state = fold_pruning(pl_module.state_dict())
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.items()})
+
+
+def fold_pruning(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict with every ``X_orig``/``X_mask`` pair of ``torch.nn.utils.prune`` folded into ``X``."""
+    folded = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            base = key[: -len("_orig")]
+            folded[base] = value * state[base + "_mask"]
+        else:
+            folded[key] = value
+    return folded
 
 
 class StopOnNonFiniteLoss(L.Callback):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from dpsnn.architectures import ClientNet, ServerNet, build_split, canonical_architecture, check_input_shape
 from dpsnn.defences import Defence, Laplace, NoPeek, canonical, check, defence_from, normalise
+from dpsnn.defences.dp import privacy_of
 from dpsnn.errors import ConfigError
 from dpsnn.stats import distance_correlation
 
@@ -160,6 +161,8 @@ class SplitNN(_Classifier):
         self.defences: tuple[Defence, ...] = specs
         self.client = client
         self.server = server
+        for defence in specs:
+            defence.check_parts({"client": client, "server": server})
         self.set_wire(specs)
 
     @property
@@ -200,19 +203,33 @@ class SplitNN(_Classifier):
                 f"{', '.join(wrapping)} wraps the training data: train with dpsnn.training.train_classifier, or call "
                 "model.use_train_loader(loader) and then trainer.fit(model) without a train loader"
             )
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        parts = {"client": self.client, "model": nn.ModuleList([self.client, self.server])}
         for defence in self.defences:
-            optimizer, loader = defence.wrap(self.client, optimizer, loader)
+            part = parts[defence.wrapped_part()]
+            optimizer, loader = defence.wrap(part, optimizer, loader, epochs=epochs if epochs and epochs > 0 else None)
         return optimizer, loader
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """The loss's backward pass; DP-SGD's ghost clipping replaces it by its two passes."""
+        privacy = privacy_of(self.trainer) if self._trainer is not None else None
+        if privacy is not None and privacy.ghost:
+            privacy.backward(self._per_sample_loss)
+        else:
+            super().backward(loss, *args, **kwargs)
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         x, y = batch
         h = self.client(x)
         what_server_sees = self.wire(h)
         logits = self.server(what_server_sees)
-        cross_entropy = F.cross_entropy(logits, y)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        cross_entropy = per_sample.mean()
         terms: dict[str, Tensor] = {}
         for defence in self.defences:
             terms |= defence.loss_terms(x, h, logits, y)
+        if self.training:  # each example's loss, for DP-SGD's ghost clipping (batch-level terms added to each)
+            self._per_sample_loss = per_sample + sum(terms.values())
         measured = {
             "loss": cross_entropy + sum(terms.values()),
             "acc": (logits.argmax(dim=1) == y).float().mean(),

@@ -42,8 +42,12 @@ def _fit_keeping_best(
     log_dir: str | Path | None,
     callbacks: list[L.Callback] | None = None,
 ) -> int:
-    """Fit ``module``, then load the weights of its best epoch by val accuracy; return that epoch."""
-    best = BestWeights("val_acc", "max")
+    """Fit ``module``, then load the weights of its best epoch by val accuracy; return that epoch.
+
+    A callback with ``keeps_from_epoch`` (a pruning schedule) rules out the epochs before it.
+    """
+    first = max((getattr(callback, "keeps_from_epoch", 0) for callback in callbacks or []), default=0)
+    best = BestWeights("val_acc", "max", from_epoch=min(first, max_epochs - 1))
     trainer = make_trainer(max_epochs, progress, log_dir, type(module).__name__.lower(), [best, *(callbacks or [])])
     module.use_train_loader(train.loader(batch_size, shuffle=True, seed=seed))
     # dCor is a batch statistic: validate at the size every script measures it at.

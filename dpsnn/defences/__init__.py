@@ -20,16 +20,20 @@ from dpsnn.defences.base import (
     registered_defences,
     validate,
 )
+from dpsnn.defences.dp import DPSGD
 from dpsnn.defences.noise import Laplace, LaplaceNoise
 from dpsnn.defences.nopeek import NoPeek, NoPeekLoss, distance_correlation
+from dpsnn.defences.suppress import Suppress
 
 __all__ = [
     "DEFENCES",
+    "DPSGD",
     "Defence",
     "Laplace",
     "LaplaceNoise",
     "NoPeek",
     "NoPeekLoss",
+    "Suppress",
     "canonical",
     "check",
     "defence_class",

@@ -9,7 +9,8 @@ hook                             used by
 ===============================  ================================================
 ``wire()``                       a module on the wire, in training and inference
 ``loss_terms(x, h, logits, y)``  terms added to the client's loss (NoPeek)
-``wrap(client, optimizer, loader)``  optimiser and data wrappers (DP-SGD)
+``wrap(part, optimizer, loader)``    optimiser and data wrappers (DP-SGD)
+``check_parts(parts)``           refuse a model the defence cannot work on
 ``callbacks()``                  Lightning callbacks (pruning schedules)
 ``measures(model)``              numbers for the results (ε spent, sparsity)
 ``key()``, ``label()``           file names; tables and legends
@@ -34,6 +35,8 @@ import importlib
 import math
 import pkgutil
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
@@ -66,13 +69,17 @@ class Defence:
     defence must change nothing (the conformance tests check it). ``couples_samples``
     says that a loss term depends on several samples of a batch at once (NoPeek's dCor),
     and ``per_sample`` that the defence needs per-sample gradients (DP-SGD): the two
-    cannot hold together (:func:`validate`).
+    cannot hold together (:func:`validate`) unless the per-sample defence says it
+    :meth:`tolerates_coupling`. ``off_value`` is the strength at which the defence is off
+    (0 for most; ∞ for a target ε). ``excludes`` names defences it cannot train beside.
     """
 
     name: ClassVar[str] = ""
     strength: ClassVar[str | None] = None
+    off_value: ClassVar[float] = 0.0
     couples_samples: ClassVar[bool] = False
     per_sample: ClassVar[bool] = False
+    excludes: ClassVar[tuple[str, ...]] = ()
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -84,9 +91,25 @@ class Defence:
         """Named terms added to the training loss; ``h`` is the client's output before the wire."""
         return {}
 
-    def wrap(self, client: nn.Module, optimizer: Any, loader: Any) -> tuple[Any, Any]:
-        """Return the optimiser and loader to train with (the identity unless the defence wraps them)."""
+    def wrap(self, part: nn.Module, optimizer: Any, loader: Any, epochs: int | None = None) -> tuple[Any, Any]:
+        """Return the optimiser and loader to train with (the identity unless the defence wraps them).
+
+        ``part`` is the module the defence protects (:meth:`wrapped_part`: the client by
+        default), ``optimizer`` trains the whole split network, and ``epochs`` is the
+        planned length of training (None when it is not known).
+        """
         return optimizer, loader
+
+    def wrapped_part(self) -> str:
+        """Which part :meth:`wrap` is given: ``"client"`` (default) or ``"model"`` (client and server)."""
+        return "client"
+
+    def check_parts(self, parts: Mapping[str, nn.Module]) -> None:
+        """Raise :class:`ConfigError` if the defence cannot work on these parts (``client``, ``server``)."""
+
+    def tolerates_coupling(self) -> bool:
+        """Whether a per-sample defence was explicitly asked to train beside a loss that couples samples."""
+        return False
 
     def callbacks(self) -> list[Any]:
         """Lightning callbacks the defence needs during training."""
@@ -121,8 +144,12 @@ class Defence:
         return f"{self.name}(" + ",".join(f"{k}={value_text(v)}" for k, v in self.params().items()) + ")"
 
     def is_identity(self) -> bool:
-        """Whether the defence is at zero strength and so changes nothing."""
-        return self.strength is not None and getattr(self, self.strength) == 0
+        """Whether the defence is at its off strength (0 for most) and so changes nothing."""
+        return self.strength is not None and getattr(self, self.strength) == self.off_value
+
+    def off(self) -> Defence:
+        """The same defence switched off (its strength at ``off_value``)."""
+        return self.at_strength(self.off_value)
 
     def at_strength(self, value: float) -> Defence:
         """The same defence with its strength parameter set to ``value``."""
@@ -131,13 +158,21 @@ class Defence:
         return dataclasses.replace(self, **{self.strength: value})
 
 
+#: How text writes a parameter left to its automatic value (``None`` in the spec).
+AUTO = "auto"
+
+
 def value_text(value: Any) -> str:
-    """A parameter's value as tables and canonical strings write it (``0.5``, ``1``, ``ssim``)."""
+    """A parameter's value as tables and canonical strings write it (``0.5``, ``1``, ``ssim``, ``auto``)."""
+    if value is None:
+        return AUTO
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def value_key(value: Any) -> str:
-    """A parameter's value as file names write it (``05``, ``1``, ``ssim``)."""
+    """A parameter's value as file names write it (``05``, ``1``, ``ssim``, ``auto``)."""
+    if value is None:
+        return AUTO
     return format_number(value) if isinstance(value, float) else re.sub(r"[^A-Za-z0-9]+", "", str(value))
 
 
@@ -210,7 +245,12 @@ def build_spec(cls: type[T], what: str, params: Mapping[str, Any] | None = None)
         raise ConfigError(f"{what} '{name}': {error}") from None
 
 
-def _convert(where: str, key: str, value: Any, kind: type) -> Any:
+def _convert(where: str, key: str, value: Any, kind: Any) -> Any:
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+    if optional:  # ``float | None``: None is written ``auto``
+        if isinstance(value, str) and value.strip().lower() in (AUTO, "none"):
+            return None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     if not isinstance(value, str) or kind is str:
         return value
     try:
@@ -306,13 +346,21 @@ def validate(defences: Sequence[Defence]) -> list[ConfigError]:
     names = [d.name for d in defences]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(ConfigError(f"defence '{name}' is given more than once; give it once"))
-    coupling = [d.name for d in defences if d.couples_samples and not d.is_identity()]
-    per_sample = [d.name for d in defences if d.per_sample and not d.is_identity()]
+    active = [d for d in defences if not d.is_identity()]
+    for defence in active:
+        for other in active:
+            if other.name in defence.excludes:
+                problems.append(
+                    ConfigError(f"defence '{defence.name}' cannot be trained together with '{other.name}'")
+                )
+    coupling = [d.name for d in active if d.couples_samples]
+    per_sample = [d.name for d in active if d.per_sample and not d.tolerates_coupling()]
     if coupling and per_sample:
         problems.append(
             ConfigError(
                 f"{', '.join(per_sample)} needs per-sample gradients, but {', '.join(coupling)} adds a loss that "
-                "couples the samples of a batch: the result would not be differentially private"
+                "couples the samples of a batch: the result would not be differentially private "
+                "(say allow_coupling=true to train it anyway, reported as not DP)"
             )
         )
     return problems

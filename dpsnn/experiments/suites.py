@@ -21,6 +21,7 @@ summaries and the report need no edit. Example::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -546,5 +547,85 @@ register_suite(
         _aux_shift,
         {"full": Grid(("same", "other-classes", OTHER))},
         axes=(Axis("aux_source", "attacker's auxiliary data", lambda config: config.aux_source),),
+    )
+)
+
+
+# -- differential privacy and suppress-privacy -------------------------------------------------
+
+DP_EPSILONS = (math.inf, 10.0, 4.0, 1.0)
+#: The dp-adaptive suite's budget, and its schedules' rates per step: over the full budget's
+#: 470 steps each decays σ to about half of σ₀.
+ADAPTIVE_EPSILON = 4.0
+DP_VARIANTS: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "time-decay": {"decay": "time", "decay_rate": 0.002},
+    "step-decay": {"decay": "step", "decay_rate": 0.0015},
+    "exp-decay": {"decay": "exp", "decay_rate": 0.0015},
+    "adaptive-clip": {"clipping": "adaptive", "target_quantile": 0.5},
+}
+SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
+
+
+def _dp_epsilon(config: RunConfig) -> float:
+    """The target ε the model was trained to (∞ without DP-SGD)."""
+    return next((d.epsilon for d in config.defences if d.name == "dp"), math.inf)
+
+
+def _dp_variant(config: RunConfig) -> str:
+    for defence in config.defences:
+        if defence.name == "dp":
+            params = defence.params()
+            for name, changes in DP_VARIANTS.items():
+                if changes and all(params[key] == value for key, value in changes.items()):
+                    return name
+            return "constant"
+    return "none"
+
+
+def _dp_adaptive(context: Context, variant: str) -> RunConfig:
+    spec = make_defence("dp", {"epsilon": ADAPTIVE_EPSILON, **DP_VARIANTS[variant]})
+    return replace(context.undefended(), defences=(spec,))
+
+
+def _suppress(context: Context, sparse_end: float) -> RunConfig:
+    """Suppress-privacy to ``sparse_end``, its schedule ending an epoch before training does (that epoch is kept)."""
+    end_epoch = max(context.budget.model_epochs - 1, 1)
+    spec = make_defence("suppress", {"sparse_end": sparse_end, "end_epoch": end_epoch, "mask_times": 10})
+    return replace(context.undefended(), defences=(spec,))
+
+
+register_suite(
+    Suite(
+        "dp",
+        "DP-SGD (Opacus, ghost clipping, C = 1) on the client part, to a target ε at δ = 1/N rounded down",
+        "DP-SGD on the client",
+        trained_with("dp"),
+        {"full": Grid(DP_EPSILONS), "quick": Grid((math.inf, 4.0))},
+        axes=(Axis("dp_epsilon", "target ε of the client's DP-SGD", _dp_epsilon),),
+        frontier=True,
+    )
+)
+register_suite(
+    Suite(
+        "dp-adaptive",
+        f"DP-SGD at ε = {ADAPTIVE_EPSILON:g}: constant σ, MindArmour's three noise decays, adaptive clipping",
+        "DP-SGD schedules",
+        _dp_adaptive,
+        {"full": Grid(tuple(DP_VARIANTS)), "quick": Grid(("constant", "exp-decay"))},
+        axes=(Axis("dp_variant", "noise schedule or clipping", _dp_variant),),
+        frontier=True,
+    )
+)
+register_suite(
+    Suite(
+        "suppress",
+        "suppress-privacy: the client's smallest weights zeroed on MindArmour's cubic schedule",
+        "suppress-privacy",
+        _suppress,
+        {"full": Grid(SPARSITIES), "quick": Grid((0.0, 0.9))},
+        axes=(Axis("sparse_end", "final sparsity of the client's layers", defence_param("suppress", "sparse_end")),),
+        frontier=True,
+        curves=(ACCURACY_PANEL, SSIM_PANEL),
     )
 )
