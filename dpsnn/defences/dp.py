@@ -17,8 +17,10 @@ mode so that the client keeps its own state-dict layout), the Poisson sampling (
 ``UniformWithReplacementSampler``), the clipping and noise (``DPOptimizer``, or
 ``AdaClipDPOptimizer`` for adaptive clipping) and the accounting (``rdp`` or ``prv``).
 Written here: the split optimiser (DP-SGD on one part, the plain optimiser on the
-other), MindArmour's three noise-decay schedules (σ changed before each step; the
-accountant records every step's σ, so ε is exact for the schedule), and the search for
+other), MindArmour's three noise-decay schedules (σ set at the start of each epoch, t
+counting epochs; the accountant records every step's σ, so ε is exact for the schedule.
+MindArmour moves σ every step; with a new σ each step Opacus's RDP accountant spends
+about 0.2 s per distinct σ, a minute and a half per epoch here), and the search for
 the σ₀ of a decaying schedule that meets a target ε (Opacus's search assumes a constant σ).
 
 Example::
@@ -71,7 +73,7 @@ GRAD_SAMPLE_MODES = ("ghost", "hooks")
 
 
 def noise_at(decay: str, sigma0: float, rate: float, step: int) -> float:
-    """σ at step ``step`` (from 0) of the schedule ``decay``."""
+    """σ at time ``step`` (from 0; DP-SGD counts it in epochs) of the schedule ``decay``."""
     if decay == "constant" or rate == 0:
         return sigma0
     if decay == "time":
@@ -96,11 +98,13 @@ def _accountant(kind: str) -> Any:
     return create_accountant(kind)
 
 
-def _history(decay: str, sigma0: float, rate: float, sample_rate: float, steps: int) -> list[tuple[float, float, int]]:
-    """The accountant's history of ``steps`` steps of the schedule, equal neighbours merged."""
+def _history(
+    decay: str, sigma0: float, rate: float, sample_rate: float, steps: int, steps_per_epoch: int
+) -> list[tuple[float, float, int]]:
+    """The accountant's history of ``steps`` steps of the schedule (σ set per epoch), equal neighbours merged."""
     history: list[tuple[float, float, int]] = []
     for step in range(steps):
-        sigma = noise_at(decay, sigma0, rate, step)
+        sigma = noise_at(decay, sigma0, rate, step // steps_per_epoch)
         if history and history[-1][0] == sigma:
             history[-1] = (sigma, sample_rate, history[-1][2] + 1)
         else:
@@ -125,6 +129,7 @@ def noise_for_epsilon(
     accountant: str = "rdp",
     decay: str = "constant",
     rate: float = 0.0,
+    steps_per_epoch: int = 1,
 ) -> float:
     """σ₀ whose schedule spends ``epsilon`` at ``delta`` in ``steps`` steps.
 
@@ -144,13 +149,13 @@ def noise_for_epsilon(
             )
         )
     low, high = 0.0, 10.0
-    while epsilon_of(_history(decay, high, rate, sample_rate, steps), delta, accountant) > epsilon:
+    while epsilon_of(_history(decay, high, rate, sample_rate, steps, steps_per_epoch), delta, accountant) > epsilon:
         low, high = high, 2 * high
         if high > 1e6:
             raise ConfigError(f"no noise multiplier reaches ε = {epsilon:g} with this schedule")
     while True:
         middle = (low + high) / 2
-        spent = epsilon_of(_history(decay, middle, rate, sample_rate, steps), delta, accountant)
+        spent = epsilon_of(_history(decay, middle, rate, sample_rate, steps, steps_per_epoch), delta, accountant)
         if spent > epsilon:
             low = middle
         else:
@@ -229,6 +234,7 @@ class PrivateTraining:
     accountant: Any
     delta: float
     sample_rate: float
+    steps_per_epoch: int
     noise_multiplier: float  # σ₀
     steps: int = 0
     epsilons: list[float] | None = None
@@ -270,7 +276,7 @@ class PrivateTraining:
         """Count the step and set σ for the next one (the accountant has recorded this one's)."""
         self.steps += 1
         self.optimizer.noise_multiplier = noise_at(
-            self.spec.decay, self.noise_multiplier, self.spec.decay_rate, self.steps
+            self.spec.decay, self.noise_multiplier, self.spec.decay_rate, self.steps // self.steps_per_epoch
         )
 
     def epsilon(self) -> float:
@@ -374,7 +380,9 @@ def make_private(
     if spec.epsilon != math.inf:
         if steps is None:
             raise ConfigError("DP-SGD with a target ε needs the number of epochs it will train for")
-        sigma0 = noise_for_epsilon(spec.epsilon, delta, sample_rate, steps, spec.accountant, spec.decay, spec.decay_rate)
+        sigma0 = noise_for_epsilon(
+            spec.epsilon, delta, sample_rate, steps, spec.accountant, spec.decay, spec.decay_rate, len(batches)
+        )
     else:
         sigma0 = spec.noise_multiplier
     adaptive = {}
@@ -409,7 +417,16 @@ def make_private(
         ghost_adaptive = {key: adaptive[key] for key in ("target_unclipped_quantile", "clipbound_learning_rate")}
         ghost_adaptive |= {"min_clipbound": adaptive["min_clipbound"], "max_clipbound": adaptive["max_clipbound"]}
     privacy = PrivateTraining(
-        spec, dp_optimizer, hooks, engine.accountant, delta, sample_rate, sigma0, epsilons=[], adaptive=ghost_adaptive
+        spec,
+        dp_optimizer,
+        hooks,
+        engine.accountant,
+        delta,
+        sample_rate,
+        len(batches),
+        sigma0,
+        epsilons=[],
+        adaptive=ghost_adaptive,
     )
     account = dp_optimizer.step_hook
 
@@ -474,7 +491,7 @@ class DPSGD(Defence):
 
     Give a target ``epsilon`` (σ is chosen for the planned epochs) or a
     ``noise_multiplier`` σ₀ (ε is reported). ``delta`` defaults to 1/N rounded down to a
-    power of ten. ``decay`` (``time``, ``step``, ``exp``) with ``decay_rate`` r per step is
+    power of ten. ``decay`` (``time``, ``step``, ``exp``) with ``decay_rate`` r per epoch is
     MindArmour's adaptive noise; ``clipping=adaptive`` makes the clipping norm follow the
     ``target_quantile`` of unclipped gradients (Andrew et al.), its cost accounted.
     ``grad_sample`` is ``ghost`` (Opacus's ghost clipping: no per-sample gradients are

@@ -197,7 +197,7 @@ class Suppress(Defence):
         layers = pruned_layers(model, self.layers)
         zeros = sum(float((_weight(m) == 0).sum()) for m in layers.values())
         total = sum(_weight(m).numel() for m in layers.values())
-        return {"sparsity": zeros / total, **{f"sparsity_{name}": sparsity(m) for name, m in layers.items()}}
+        return {"sparsity": zeros / total, **{f"sparsity_{name.replace('.', '_')}": sparsity(m) for name, m in layers.items()}}
 
     def key(self) -> str:
         extras = [f"s{_short(self.sparse_start)}"] if self.sparse_start else []

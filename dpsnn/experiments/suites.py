@@ -554,14 +554,14 @@ register_suite(
 # -- differential privacy and suppress-privacy -------------------------------------------------
 
 DP_EPSILONS = (math.inf, 10.0, 4.0, 1.0)
-#: The dp-adaptive suite's budget, and its schedules' rates per step: over the full budget's
-#: 470 steps each decays σ to about half of σ₀.
+#: The dp-adaptive suite's budget, and its schedules' rates per epoch: over the full budget's
+#: three epochs each decays σ to about half of σ₀ in the last.
 ADAPTIVE_EPSILON = 4.0
 DP_VARIANTS: dict[str, dict[str, Any]] = {
     "constant": {},
-    "time-decay": {"decay": "time", "decay_rate": 0.002},
-    "step-decay": {"decay": "step", "decay_rate": 0.0015},
-    "exp-decay": {"decay": "exp", "decay_rate": 0.0015},
+    "time-decay": {"decay": "time", "decay_rate": 0.5},
+    "step-decay": {"decay": "step", "decay_rate": 0.3},
+    "exp-decay": {"decay": "exp", "decay_rate": 0.35},
     "adaptive-clip": {"clipping": "adaptive", "target_quantile": 0.5},
 }
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
