@@ -31,6 +31,11 @@ QUIET_WARNINGS = (
     r".*does not have many workers.*",
     r".*number of training batches.*",
     r".*isinstance\(treespec, LeafSpec\).*",
+    # Opacus: the noise comes from torch's generator (seeded runs); its hooks on the client's first layer,
+    # whose input needs no gradient; and a looser-than-possible RDP bound on small data (ε is then an upper bound).
+    r".*Secure RNG turned off.*",
+    r".*Full backward hook is firing when gradients are computed with respect to module outputs.*",
+    r".*Optimal order is the largest alpha.*",
 )
 QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
 

@@ -6,7 +6,7 @@
 Writes ``<saveas>_<S>noise_<W>nopeek_epoch=XX.ckpt`` (the best epoch by val accuracy;
 another architecture than ``reference`` is named after the prefix, and any further
 ``--defence`` after the nopeek key), prints val accuracy, dCor(x, what the server sees)
-and what the defences measure, and appends them, with their standard errors, to
+and what the defences measure (DP-SGD: ε after every epoch and in all), and appends them, with their standard errors, to
 results/train_model.csv.
 
 ``--noise-scale S`` is ``--defence laplace:scale=S`` and ``--nopeek-weight W`` is
@@ -38,6 +38,7 @@ from dpsnn.defences import Laplace, NoPeek, canonical, check, label, registered_
 from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
+from dpsnn.experiments.runner import defence_measures
 from dpsnn.models import LR_SCHEDULES
 from dpsnn.results import RESULTS_DIR, append_rows, check_columns, format_measure
 from dpsnn.training import train_classifier
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The split sizes, so that the attacker and the evaluations rebuild the same disjoint splits.
     model.hparams.update(val_size=len(splits.val), aux_split_size=len(splits.aux))
     measured = evaluate_classifier(model, splits.val, seed=args.seed)
-    measures = {key: value for defence in model.defences for key, value in defence.measures(model).items()}
+    measures = defence_measures(model)
     path = args.models_dir / classifier_filename(args.saveas, defences, epoch, architecture=args.architecture)
     save_checkpoint(model, path, "classifier", epoch, extra={"val_accuracy": measured["accuracy"], **measures})
     row = {
@@ -201,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"architecture: {args.architecture}; defences: {label(model.defences)}")
     print(f"val accuracy: {format_measure(row, 'val_accuracy')}")
     print(f"val dCor(x, what the server sees): {format_measure(row, 'val_dcor')}")
+    privacy = model.hparams.get("privacy")
+    if privacy:
+        for number, epsilon in enumerate(privacy["epsilons"]):
+            print(f"ε after epoch {number}: {epsilon:.4g} (δ = {privacy['delta']:g}, {privacy['accountant']})")
+        print(f"ε spent in all {privacy['steps']} steps (the kept epoch {epoch} included): {privacy['epsilon']:.4g}")
     for key, value in sorted(measures.items()):
         print(f"{key}: {value:.4g}")
     return 0
