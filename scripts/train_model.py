@@ -151,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check(defences)
     # Everything that can be known before loading data is checked first: nothing is written on bad input.
     info = dataset_info(args.dataset)
-    build_split(args.architecture, info.image_shape, info.num_classes)
+    client, server = build_split(args.architecture, info.image_shape, info.num_classes)
+    for defence in defences:
+        defence.check_parts({"client": client, "server": server})
     table = args.results_dir / "train_model.csv"
     check_columns(table, COLUMNS, {LEGACY_COLUMNS: upgrade_legacy_row})
     sizes = {"val_size": args.val_size, "aux_size": args.aux_split_size}

@@ -1,10 +1,11 @@
 """Conformance of every registered defence: one suite, run over :func:`dpsnn.defences.registered_defences`.
 
 A defence added to :mod:`dpsnn.defences` is tested here without new test code. Each is
-exercised at zero strength (``spec.at_strength(0)``), where it must change nothing, and at
-an example strength (:func:`example`), where it must change something and survive every
-round trip: plain hyperparameters, checkpoints, canonical strings, the command line, and
-a tiny end-to-end run of training, attack and evaluation.
+exercised switched off (``spec.off()``: its strength at ``off_value``, 0 for most and ∞ for
+a target ε), where it must change nothing, and at an example strength (:func:`example`),
+where it must change something and survive every round trip: plain hyperparameters,
+checkpoints, canonical strings, the command line, and a tiny end-to-end run of training,
+attack and evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, fields
 import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from dpsnn.checkpoints import _plain, load_classifier, save_checkpoint
 from dpsnn.data import Split, Splits
@@ -44,10 +46,24 @@ from dpsnn.training import train_attacker, train_classifier
 NAMES = sorted(registered_defences())
 
 #: Parameters of a defence whose defaults at strength 0.5 make a poor example; every other
-#: defence is exercised as ``make_defence(name).at_strength(0.5)``.
-EXAMPLE_PARAMS: dict[str, dict[str, object]] = {}
+#: defence is exercised as ``make_defence(name).at_strength(0.5)``. Suppress's schedule must
+#: end within the one epoch of the tiny end-to-end run.
+EXAMPLE_PARAMS: dict[str, dict[str, object]] = {"suppress": {"sparse_end": 0.5, "end_epoch": 1, "mask_times": 2}}
+
+#: A second strength for each defence, other than the example's; every other defence takes 1.0
+#: (suppress's sparse_end must stay below 1).
+OTHER_STRENGTH: dict[str, float] = {"suppress": 0.8}
 
 FILE_NAME_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the models are tiny, and two threads stall each other when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def example(name: str) -> Defence:
@@ -58,7 +74,26 @@ def example(name: str) -> Defence:
 
 
 def zero(name: str) -> Defence:
-    return example(name).at_strength(0)
+    """The example switched off: its strength at the defence's ``off_value``."""
+    return example(name).off()
+
+
+def other(name: str) -> Defence:
+    """The example at another strength than its own."""
+    return example(name).at_strength(OTHER_STRENGTH.get(name, 1.0))
+
+
+def wraps(spec: Defence) -> bool:
+    """Whether the defence overrides :meth:`Defence.wrap` (DP-SGD replaces the optimiser and the loader)."""
+    return type(spec).wrap is not Defence.wrap
+
+
+def wrap_parts(spec: Defence, model: SplitNN, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """``spec.wrap`` as training calls it: the part it protects, Adam on the model, a real loader, one epoch."""
+    parts = {"client": model.client, "model": torch.nn.ModuleList([model.client, model.server])}
+    optimizer = torch.optim.Adam(model.parameters())
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    return optimizer, loader, spec.wrap(parts[spec.wrapped_part()], optimizer, loader, epochs=1)
 
 
 def command_line(spec: Defence) -> str:
@@ -132,9 +167,9 @@ def test_zero_strength_is_the_identity_on_encode_and_adds_no_loss(name, batch):
             assert torch.equal(wire(h), h)
     logits = plain.server(h)
     assert all(float(term.detach()) == 0.0 for term in off.loss_terms(x, h, logits, y).values())
-    optimizer, loader = torch.optim.Adam(plain.parameters()), [(x, y)]
-    wrapped = off.wrap(plain.client, optimizer, loader)
+    optimizer, loader, wrapped = wrap_parts(off, plain, x, y)
     assert wrapped[0] is optimizer and wrapped[1] is loader
+    assert off.callbacks() == []
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -150,8 +185,11 @@ def test_example_strength_changes_something(name, batch):
     torch.manual_seed(3)
     seen_defended = defended.encode(x)
     terms = spec.loss_terms(x, plain.client(x), plain(x), y)
-    optimizer, loader = torch.optim.Adam(plain.parameters()), [(x, y)]
-    wrapped = spec.wrap(plain.client, optimizer, loader)
+    optimizer, loader, wrapped = wrap_parts(spec, plain, x, y)
+    if wraps(spec):
+        assert wrapped[0] is not optimizer and wrapped[1] is not loader
+    else:
+        assert wrapped[0] is optimizer and wrapped[1] is loader
     changes = {
         "wire": not torch.equal(seen_plain, seen_defended),
         "loss": any(float(term.detach()) != 0.0 for term in terms.values()),
@@ -233,7 +271,7 @@ def test_bad_parameters_are_config_errors(name):
 def test_validate_refuses_a_defence_given_twice(name):
     spec = example(name)
     assert validate([spec]) == []
-    problems = validate([spec, spec.at_strength(1.0)])
+    problems = validate([spec, other(name)])
     assert problems and all(isinstance(problem, ConfigError) for problem in problems)
     assert name in str(problems[0])
     with pytest.raises(ConfigError):
@@ -247,11 +285,11 @@ def test_validate_refuses_a_defence_given_twice(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_key_is_file_name_safe_and_label_is_not_empty(name):
-    for spec in (example(name), zero(name), example(name).at_strength(1.0)):
+    for spec in (example(name), zero(name), other(name)):
         assert FILE_NAME_SAFE.fullmatch(spec.key()), f"{spec.key()!r} is not file-name safe"
         assert isinstance(spec.label(), str) and spec.label().strip()
-    assert example(name).key() != example(name).at_strength(1.0).key()
-    assert example(name).label() != example(name).at_strength(1.0).label()
+    assert example(name).key() != other(name).key()
+    assert example(name).label() != other(name).label()
 
 
 def test_keys_and_labels_are_unique_across_the_registry():
@@ -351,7 +389,7 @@ class CountBatches(L.Callback):
 @pytest.fixture
 def toy_defence():
     """A test-only defence using every training hook, registered for the test and removed after it."""
-    counts = {"wrap": 0, "batches_drawn": 0, "callback_batches": 0, "loss_terms": 0, "measures": 0}
+    counts = {"wrap": 0, "batches_drawn": 0, "callback_batches": 0, "loss_terms": 0, "measures": 0, "epochs": None}
     clients = []
 
     @register_defence("toy-hooks")
@@ -360,9 +398,10 @@ def toy_defence():
         level: float = 0.0
         strength = "level"
 
-        def wrap(self, client, optimizer, loader):
+        def wrap(self, part, optimizer, loader, epochs=None):
             counts["wrap"] += 1
-            clients.append(client)
+            counts["epochs"] = epochs
+            clients.append(part)
             return optimizer, CountingLoader(loader, counts)
 
         def callbacks(self):
@@ -390,7 +429,7 @@ def test_training_calls_wrap_callbacks_loss_terms_and_measures(toy_defence):
     splits = random_splits(n_test=8)
     model, _ = train_classifier(splits, defences=["toy-hooks:level=0.5"], max_epochs=1, batch_size=32, progress=False)
     assert model.defences == (ToyHooks(level=0.5),)
-    assert counts["wrap"] == 1 and clients == [model.client]
+    assert counts["wrap"] == 1 and clients == [model.client] and counts["epochs"] == 1
     assert counts["batches_drawn"] == 2  # 64 images in batches of 32: the wrapped loader fed the training
     assert counts["callback_batches"] == 2
     assert counts["loss_terms"] >= 2

@@ -97,7 +97,18 @@ def test_aux_shift_adds_another_dataset_only_when_present():
 
 def test_all_expands_to_every_suite_once_and_unknown_suites_are_refused():
     assert expand_suites(["all"]) == list(SUITES)
-    assert list(SUITES) == ["plain", "noise", "nopeek", "combo", "post-noise", "data-volume", "aux-shift"]
+    assert list(SUITES) == [
+        "plain",
+        "noise",
+        "nopeek",
+        "combo",
+        "post-noise",
+        "data-volume",
+        "aux-shift",
+        "dp",
+        "dp-adaptive",
+        "suppress",
+    ]
     assert expand_suites(["noise", "all", "noise"]) == list(SUITES)
     with pytest.raises(ConfigError, match="unknown suite 'bogus'"):
         expand_suites(["noise", "bogus"])
@@ -110,7 +121,16 @@ def test_all_expands_to_every_suite_once_and_unknown_suites_are_refused():
 def test_the_undefended_setting_belongs_to_every_suite_but_aux_shift():
     plain = suite_configs("plain", "fashion-mnist", FULL)[0]
     assert plain == undefended_config("fashion-mnist", FULL)
-    assert suites_of(plain, FULL) == ["plain", "noise", "nopeek", "combo", "post-noise", "data-volume"]
+    assert suites_of(plain, FULL) == [
+        "plain",
+        "noise",
+        "nopeek",
+        "combo",
+        "post-noise",
+        "data-volume",
+        "dp",
+        "suppress",
+    ]
     large_noise = RunConfig("fashion-mnist", 0, (Laplace(30.0),), aux_size=FULL.aux_size)
     assert suites_of(large_noise, FULL) == ["noise"]  # an extension value
 

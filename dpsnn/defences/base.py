@@ -350,9 +350,7 @@ def validate(defences: Sequence[Defence]) -> list[ConfigError]:
     for defence in active:
         for other in active:
             if other.name in defence.excludes:
-                problems.append(
-                    ConfigError(f"defence '{defence.name}' cannot be trained together with '{other.name}'")
-                )
+                problems.append(ConfigError(f"defence '{defence.name}' cannot be trained together with '{other.name}'"))
     coupling = [d.name for d in active if d.couples_samples]
     per_sample = [d.name for d in active if d.per_sample and not d.tolerates_coupling()]
     if coupling and per_sample:

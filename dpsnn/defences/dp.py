@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -254,13 +255,19 @@ class PrivateTraining:
         """
         from opacus.utils.adaptive_clipping.adaptive_clipping_utils import DPTensorFastGradientAdaptiveClipping
 
-        per_sample_loss.mean().backward(retain_graph=True)
+        with warnings.catch_warnings():  # the hooks on a first layer whose input needs no gradient: expected
+            warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+            per_sample_loss.mean().backward(retain_graph=True)
         self.optimizer.zero_grad()
         norms = self.hooks.get_norm_sample()
         if self.adaptive is not None:
             updater = DPTensorFastGradientAdaptiveClipping(
-                self.hooks, self.optimizer, per_sample_loss, "mean",
-                initial_noise_multiplier=float(self.optimizer.noise_multiplier), **self.adaptive,
+                self.hooks,
+                self.optimizer,
+                per_sample_loss,
+                "mean",
+                initial_noise_multiplier=float(self.optimizer.noise_multiplier),
+                **self.adaptive,
             )
             bound, adjusted = updater._update_clip_and_noise(norms)
             self.hooks.max_grad_norm = self.optimizer.max_grad_norm = bound
@@ -292,7 +299,9 @@ class PrivateTraining:
             "steps": self.steps,
             "sample_rate": self.sample_rate,
             "noise_multiplier": self.noise_multiplier,
-            "final_noise_multiplier": float(self.optimizer.noise_multiplier),
+            "final_noise_multiplier": float(self.accountant.history[-1][0])
+            if self.accountant.history
+            else self.noise_multiplier,
             "max_grad_norm": float(self.optimizer.max_grad_norm),
             "epsilons": list(self.epsilons or []),
             "history": [[float(s), float(q), int(n)] for s, q, n in self.accountant.history],
@@ -304,6 +313,8 @@ class PrivateTraining:
         if self.hooks is not None:
             self.hooks.cleanup()
             self.hooks = None
+            for parameter in self.optimizer.params:  # Opacus's gradient-sized buffers
+                parameter.summed_grad = None
 
 
 def _batch_size(loader: Any) -> int:
@@ -329,24 +340,29 @@ def poisson_loader(loader: DataLoader, generator: torch.Generator | None = None)
     return DataLoader(dataset, sampler=sampler, batch_size=None)
 
 
-def _check_private(module: nn.Module) -> None:
-    """:class:`ConfigError` naming the first layer Opacus cannot make private, and the fix."""
+def _check_private(module: nn.Module, prefix: str = "") -> None:
+    """:class:`ConfigError` naming the first layer Opacus cannot make private (``prefix.name``), and the fix.
+
+    Opacus's own validators judge each trainable layer (its check that the module is in
+    training mode is left out: that is a state, not a layer, and :func:`make_private` asks for it).
+    """
     from opacus.validators import ModuleValidator
 
-    names = {id(m): name for name, m in module.named_modules()}
-    for error in ModuleValidator.validate(module, strict=False):
-        text = str(error)
-        culprit = next(
-            (name for name, m in module.named_modules() if name and type(m).__name__ in text and id(m) in names),
-            None,
-        )
+    for name, layer in module.named_modules():
+        validator = ModuleValidator.VALIDATORS.get(type(layer))
+        trainable = any(p.requires_grad for p in layer.parameters(recurse=False))
+        errors = validator(layer) if validator is not None and trainable else []
+        if not errors:
+            continue
+        reason = str(errors[0]).strip().splitlines()[0].split(". ")[0].rstrip(".")
         fix = (
             "replace it with GroupNorm (e.g. opacus.validators.ModuleValidator.fix(module))"
-            if "BatchNorm" in text
+            if "BatchNorm" in reason
             else "replace it with a layer Opacus supports"
         )
-        where = f"layer '{culprit}'" if culprit else "a layer"
-        raise ConfigError(f"DP-SGD cannot make {where} private: {text.strip().splitlines()[0]}; {fix}")
+        full = ".".join(filter(None, (prefix, name)))
+        where = f"layer '{full}' ({type(layer).__name__})" if full else f"the model ({type(layer).__name__})"
+        raise ConfigError(f"DP-SGD cannot make {where} private: {reason}; {fix}")
 
 
 def make_private(
@@ -361,6 +377,11 @@ def make_private(
     """
     from opacus import PrivacyEngine
 
+    if not part.training:
+        raise ConfigError(
+            "DP-SGD trains the part it protects in training mode (Opacus records per-sample gradients only there): "
+            "call model.train() before fitting"
+        )
     _check_private(part)
     private_params = {id(p) for p in part.parameters() if p.requires_grad}
     every = [p for group in optimizer.param_groups for p in group["params"]]
@@ -565,10 +586,10 @@ class DPSGD(Defence):
         if self.is_identity():
             return
         if self.part == "client":
-            _check_private(parts["client"])
+            _check_private(parts["client"], "client")
         else:
             for name in ("client", "server"):
-                _check_private(parts[name])
+                _check_private(parts[name], name)
 
     def wrap(self, part: nn.Module, optimizer: Any, loader: Any, epochs: int | None = None) -> tuple[Any, Any]:
         if self.is_identity():
@@ -593,7 +614,9 @@ class DPSGD(Defence):
         }
 
     def key(self) -> str:
-        core = f"dp-eps{_short(self.epsilon)}" if self.epsilon != math.inf else f"dp-sigma{_short(self.noise_multiplier)}"
+        core = (
+            f"dp-eps{_short(self.epsilon)}" if self.epsilon != math.inf else f"dp-sigma{_short(self.noise_multiplier)}"
+        )
         extras = [f"C{_short(self.max_grad_norm)}"] if self.max_grad_norm != 1.0 else []
         if self.decay != "constant":
             extras.append(f"{self.decay}{_short(self.decay_rate)}")

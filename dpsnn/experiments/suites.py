@@ -602,7 +602,7 @@ register_suite(
         "DP-SGD on the client",
         trained_with("dp"),
         {"full": Grid(DP_EPSILONS), "quick": Grid((math.inf, 4.0))},
-        axes=(Axis("dp_epsilon", "target ε of the client's DP-SGD", _dp_epsilon),),
+        axes=(Axis("target_epsilon", "target ε of the client's DP-SGD", _dp_epsilon),),
         frontier=True,
     )
 )

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dpsnn.experiments.store import SETTING_COLUMNS, metrics_of
-from dpsnn.experiments.suites import SUITES, UNDEFENDED, RunConfig, setting_label
+from dpsnn.experiments.suites import FULL, QUICK, SUITES, UNDEFENDED, RunConfig, setting_label, suites_of
 from dpsnn.metrics import mean_and_se
 
 # The columns of a summary row before its measures.
@@ -70,7 +70,7 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out: dict[str, Any] = {"label": ""} | dict(zip(SETTING_COLUMNS, setting, strict=True))
         out |= {
             "budget": budget_name,
-            "suites": members[0]["suites"],
+            "suites": _suites(members, budget_name),
             "n_seeds": len(members),
             "n_diverged": len(members) - len(ok),
             "n_test": members[0].get("n_test", math.nan),
@@ -84,6 +84,20 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for row in summary:
         row["label"] = setting_label(config_of(row), defaults.get((row["dataset"], row["budget"])))
     return summary
+
+
+def _suites(members: Sequence[Mapping[str, Any]], budget_name: str) -> str:
+    """The suites a setting belongs to: those its runs recorded, and those registered since (on a known budget).
+
+    A run recorded before a suite existed does not name it; for the standard budgets the
+    membership is worked out again from the configuration, so an old undefended run is
+    also the new suites' reference point.
+    """
+    names = {name for row in members for name in row["suites"].split()}
+    budget = {budget.name: budget for budget in (FULL, QUICK)}.get(budget_name)
+    if budget is not None:
+        names |= set(suites_of(config_of(members[0]), budget))
+    return " ".join(name for name in SUITES if name in names)
 
 
 def _mean(values: Sequence[float]) -> tuple[float, float]:
