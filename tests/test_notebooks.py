@@ -20,7 +20,8 @@ def small_results(tmp_path_factory, tiny_runner):
 
 def test_there_is_one_notebook_per_question():
     names = [path.stem for path in NOTEBOOKS]
-    for topic in ("data_volume", "nopeek", "laplacian_noise", "post_training_noise", "noise_with_nopeek", "shift"):
+    topics = ("data_volume", "nopeek", "laplacian_noise", "post_training_noise", "noise_with_nopeek", "shift")
+    for topic in (*topics, "dp_sgd", "dp_schedules", "suppress"):
         assert any(topic in name for name in names), f"no notebook about {topic}"
 
 
