@@ -119,19 +119,29 @@ class SuppressSchedule(L.Callback):
     def _mask(self, step: int, at: float) -> None:
         spec = self.spec
         target = cubic_sparsity(
-            at, spec.start_epoch, spec.end_epoch, spec.start_epoch, spec.end_epoch - spec.start_epoch,
-            spec.sparse_start, spec.sparse_end,
+            at,
+            spec.start_epoch,
+            spec.end_epoch,
+            spec.start_epoch,
+            spec.end_epoch - spec.start_epoch,
+            spec.sparse_start,
+            spec.sparse_end,
         )
         reached = {}
         for name, module in self._layers.items():
             total = module.weight.numel()
             zeroed = round(target * total)
             zeroed = min(zeroed, total - min(spec.min_kept, total))
-            already = int(module.weight_mask.numel() - module.weight_mask.sum()) if hasattr(module, "weight_mask") else 0
+            already = (
+                int(module.weight_mask.numel() - module.weight_mask.sum()) if hasattr(module, "weight_mask") else 0
+            )
             more = zeroed - already
             if more > 0 or not hasattr(module, "weight_mask"):
-                # amount counts among the weights not yet pruned: the masks only grow.
-                prune.l1_unstructured(module, "weight", amount=max(more, 0))
+                # amount counts among the weights not yet pruned: the masks only grow. The magnitudes
+                # are the weights' now: torch would rank by ``module.weight``, which the pruning hook
+                # last computed in the forward pass, before this step's update.
+                current = _weight(module).detach()
+                prune.l1_unstructured(module, "weight", amount=max(more, 0), importance_scores=current)
             reached[name] = sparsity(module)
         self.events.append({"step": step, "epoch": at, "target": target, "sparsity": reached})
 
@@ -197,7 +207,10 @@ class Suppress(Defence):
         layers = pruned_layers(model, self.layers)
         zeros = sum(float((_weight(m) == 0).sum()) for m in layers.values())
         total = sum(_weight(m).numel() for m in layers.values())
-        return {"sparsity": zeros / total, **{f"sparsity_{name.replace('.', '_')}": sparsity(m) for name, m in layers.items()}}
+        return {
+            "sparsity": zeros / total,
+            **{f"sparsity_{name.replace('.', '_')}": sparsity(m) for name, m in layers.items()},
+        }
 
     def key(self) -> str:
         extras = [f"s{_short(self.sparse_start)}"] if self.sparse_start else []
@@ -213,4 +226,3 @@ class Suppress(Defence):
 
 def _short(value: float) -> str:
     return f"{value:g}".replace(".", "")
-
