@@ -20,10 +20,8 @@ from dpsnn.defences.base import (
     registered_defences,
     validate,
 )
-from dpsnn.defences.dp import DPSGD
 from dpsnn.defences.noise import Laplace, LaplaceNoise
 from dpsnn.defences.nopeek import NoPeek, NoPeekLoss, distance_correlation
-from dpsnn.defences.suppress import Suppress
 
 __all__ = [
     "DEFENCES",
@@ -48,3 +46,16 @@ __all__ = [
     "registered_defences",
     "validate",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``DPSGD`` and ``Suppress`` on first use: their modules bring Opacus and Lightning, which plain imports avoid."""
+    if name == "DPSGD":
+        from dpsnn.defences.dp import DPSGD
+
+        return DPSGD
+    if name == "Suppress":
+        from dpsnn.defences.suppress import Suppress
+
+        return Suppress
+    raise AttributeError(f"module 'dpsnn.defences' has no attribute {name!r}")

@@ -40,7 +40,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -53,7 +52,6 @@ __all__ = [
     "CLIPPING",
     "DECAYS",
     "DPSGD",
-    "PrivacyMonitor",
     "PrivateTraining",
     "SplitPrivateOptimizer",
     "default_delta",
@@ -461,42 +459,13 @@ def make_private(
     return wrapped, batches, privacy
 
 
-def privacy_of(trainer: L.Trainer) -> PrivateTraining | None:
+def privacy_of(trainer: Any) -> PrivateTraining | None:
     """The :class:`PrivateTraining` of the trainer's optimiser, if it trains by DP-SGD."""
     for optimizer in trainer.optimizers:
         privacy = getattr(optimizer, "privacy", None)
         if privacy is not None:
             return privacy
     return None
-
-
-class PrivacyMonitor(L.Callback):
-    """ε after every epoch, every step counted: logged, and kept in ``model.hparams["privacy"]``.
-
-    The record goes into the checkpoint's plain metadata; ``epsilons`` lists ε after each
-    epoch, ``epsilon`` is the total after the last step taken, whichever epoch's weights
-    are kept.
-    """
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        privacy = privacy_of(trainer)
-        if privacy is None:
-            return
-        epsilon = privacy.epsilon()
-        privacy.epsilons.append(epsilon)
-        pl_module.log("epsilon", epsilon, prog_bar=True, on_step=False, on_epoch=True)
-        pl_module.hparams["privacy"] = privacy.record()
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        privacy = privacy_of(trainer)
-        if privacy is not None:
-            pl_module.hparams["privacy"] = privacy.record()
-            privacy.close()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        privacy = privacy_of(trainer)
-        if privacy is not None:
-            privacy.close()
 
 
 def _choice(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -598,7 +567,11 @@ class DPSGD(Defence):
         return wrapped, batches
 
     def callbacks(self) -> list[Any]:
-        return [] if self.is_identity() else [PrivacyMonitor()]
+        if self.is_identity():
+            return []
+        from dpsnn.callbacks import PrivacyMonitor
+
+        return [PrivacyMonitor()]
 
     def measures(self, model: nn.Module) -> dict[str, float]:
         record = dict(getattr(model, "hparams", {}).get("privacy") or {})

@@ -27,15 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
 from dpsnn.defences.base import Defence, check_non_negative, register_defence
 from dpsnn.errors import ConfigError
-from dpsnn.loops import fold_pruning
 
-__all__ = ["PRUNABLE", "Suppress", "SuppressSchedule", "cubic_sparsity", "fold_pruning", "pruned_layers", "sparsity"]
+__all__ = ["PRUNABLE", "Suppress", "cubic_sparsity", "pruned_layers", "sparsity"]
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 
@@ -76,86 +73,6 @@ def sparsity(module: nn.Module) -> float:
     """The fraction of ``module``'s weight that is exactly zero (its mask applied, if it is being pruned)."""
     weight = _weight(module)
     return float((weight == 0).sum()) / weight.numel()
-
-
-class SuppressSchedule(L.Callback):
-    """Applies :class:`Suppress`'s masking events during a fit; records the sparsity after each."""
-
-    def __init__(self, spec: Suppress) -> None:
-        self.spec = spec
-        self.events: list[dict[str, Any]] = []  # {"step", "epoch", "target", "sparsity": {layer: value}}
-        self._layers: dict[str, nn.Module] = {}
-        self._event_steps: list[tuple[int, float]] = []
-        self.keeps_from_epoch = max(spec.end_epoch - 1, 0)  # the epoch after whose end the last event has fired
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        spec = self.spec
-        if trainer.max_epochs is not None and 0 < trainer.max_epochs < spec.end_epoch:
-            raise ConfigError(
-                f"suppress ends its schedule at epoch {spec.end_epoch}, after training ends ({trainer.max_epochs} "
-                "epochs): lower end_epoch or train longer"
-            )
-        self._layers = pruned_layers(pl_module, spec.layers)
-        steps_per_epoch = max(int(trainer.num_training_batches), 1)
-        span = (spec.end_epoch - spec.start_epoch) / spec.mask_times
-        self._event_steps = []
-        for k in range(1, spec.mask_times + 1):
-            at = spec.start_epoch + k * span
-            self._event_steps.append((round(at * steps_per_epoch), at))
-        self.events = []
-        self._fire(trainer.global_step)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._fire(trainer.global_step)
-
-    def _fire(self, done_steps: int) -> None:
-        due = [event for event in self._event_steps if event[0] <= done_steps]
-        if not due:
-            return
-        self._event_steps = self._event_steps[len(due) :]
-        for step, at in due:  # several events on one step: the last target holds
-            self._mask(step, at)
-
-    def _mask(self, step: int, at: float) -> None:
-        spec = self.spec
-        target = cubic_sparsity(
-            at,
-            spec.start_epoch,
-            spec.end_epoch,
-            spec.start_epoch,
-            spec.end_epoch - spec.start_epoch,
-            spec.sparse_start,
-            spec.sparse_end,
-        )
-        reached = {}
-        for name, module in self._layers.items():
-            total = module.weight.numel()
-            zeroed = round(target * total)
-            zeroed = min(zeroed, total - min(spec.min_kept, total))
-            already = (
-                int(module.weight_mask.numel() - module.weight_mask.sum()) if hasattr(module, "weight_mask") else 0
-            )
-            more = zeroed - already
-            if more > 0 or not hasattr(module, "weight_mask"):
-                # amount counts among the weights not yet pruned: the masks only grow. The magnitudes
-                # are the weights' now: torch would rank by ``module.weight``, which the pruning hook
-                # last computed in the forward pass, before this step's update.
-                current = _weight(module).detach()
-                prune.l1_unstructured(module, "weight", amount=max(more, 0), importance_scores=current)
-            reached[name] = sparsity(module)
-        self.events.append({"step": step, "epoch": at, "target": target, "sparsity": reached})
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.make_permanent()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.make_permanent()
-
-    def make_permanent(self) -> None:
-        """Fold the masks into the weights and remove the reparametrisation (the usual state-dict layout)."""
-        for module in self._layers.values():
-            if prune.is_pruned(module) and hasattr(module, "weight_mask"):
-                prune.remove(module, "weight")
 
 
 @register_defence("suppress")
@@ -201,7 +118,11 @@ class Suppress(Defence):
             pruned_layers(nn.ModuleDict(dict(parts)), self.layers)
 
     def callbacks(self) -> list[Any]:
-        return [] if self.is_identity() else [SuppressSchedule(self)]
+        if self.is_identity():
+            return []
+        from dpsnn.callbacks import SuppressSchedule
+
+        return [SuppressSchedule(self)]
 
     def measures(self, model: nn.Module) -> dict[str, float]:
         layers = pruned_layers(model, self.layers)
