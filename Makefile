@@ -63,6 +63,7 @@ format: setup
 bench: setup dataset
 	$(BIN)/python benchmarks/bench_nopeek.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_privacy.py
 
 bench-budget: setup dataset
 	$(BIN)/python benchmarks/bench_budget.py
