@@ -16,6 +16,15 @@ TINY_BUDGET = dict(
 )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: its models are tiny, and two threads stall each other when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """A private data folder: the datasets are unpacked into it from the system copy."""

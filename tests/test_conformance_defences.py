@@ -57,13 +57,7 @@ OTHER_STRENGTH: dict[str, float] = {"suppress": 0.8}
 FILE_NAME_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the models are tiny, and two threads stall each other when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def example(name: str) -> Defence:

@@ -39,11 +39,13 @@ from dpsnn.training import train_classifier
 
 # Opacus's notes: its fast, non-cryptographic noise; an RDP order at the end of its range; and its backward hooks
 # on a first layer, whose input needs no gradient.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Secure RNG turned off",
-    "ignore:Optimal order is the largest alpha",
-    "ignore:Full backward hook is firing when gradients are computed with respect to module outputs",
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Secure RNG turned off",
+        "ignore:Optimal order is the largest alpha",
+        "ignore:Full backward hook is firing when gradients are computed with respect to module outputs",
+    )
+]
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, BATCH = 256, 32
@@ -53,13 +55,7 @@ DELTA = 1e-3  # 1/256 rounded down to a power of ten
 ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the models are tiny, and two threads stall each other when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark.append(pytest.mark.usefixtures("one_torch_thread"))
 
 
 def random_splits(n_train: int = N_TRAIN, shape: tuple[int, ...] = (1, 8, 8), seed: int = 0) -> Splits:

@@ -29,7 +29,7 @@ from dpsnn.loops import make_trainer
 from dpsnn.models import SplitNN
 from dpsnn.training import train_classifier
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*no `val_dataloader`.*")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no `val_dataloader`.*")]
 
 SHAPE = (1, 16, 16)
 TRAIN, BATCH = 64, 16
@@ -39,13 +39,7 @@ SERVER_LAYERS = ("server.0", "server.2")
 ALL_LAYERS = CLIENT_LAYERS + SERVER_LAYERS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the models are tiny, and two threads stall each other when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark.append(pytest.mark.usefixtures("one_torch_thread"))
 
 
 def random_split(size: int, generator: torch.Generator) -> Split:

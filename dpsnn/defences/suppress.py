@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dpsnn.defences.base import Defence, check_non_negative, register_defence
+from dpsnn.defences.base import Defence, check_non_negative, format_number, register_defence
 from dpsnn.errors import ConfigError
 
 __all__ = ["PRUNABLE", "Suppress", "cubic_sparsity", "pruned_layers", "sparsity"]
@@ -134,16 +134,12 @@ class Suppress(Defence):
         }
 
     def key(self) -> str:
-        extras = [f"s{_short(self.sparse_start)}"] if self.sparse_start else []
+        extras = [f"s{format_number(self.sparse_start)}"] if self.sparse_start else []
         extras.append(f"e{self.start_epoch}-{self.end_epoch}x{self.mask_times}")
         if self.layers != "client":
             extras.append("".join(c for c in self.layers if c.isalnum()))
-        return "-".join([f"{_short(self.sparse_end)}suppress", *extras])
+        return "-".join([f"{format_number(self.sparse_end)}suppress", *extras])
 
     def label(self) -> str:
         where = "" if self.layers == "client" else f", {self.layers}"
         return f"suppress {self.sparse_end:g}{where}"
-
-
-def _short(value: float) -> str:
-    return f"{value:g}".replace(".", "")
