@@ -36,6 +36,79 @@ def test_mse_and_psnr_per_image():
     assert psnr[1].item() == pytest.approx(100.0)  # a perfect copy is capped, not infinite
 
 
+def _skimage_ssim(reconstructions: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+    """The oracle: scikit-image's SSIM with Wang et al.'s settings, one image at a time, in float64."""
+    from skimage.metrics import structural_similarity
+
+    values = [
+        structural_similarity(
+            x.permute(1, 2, 0).double().numpy(),
+            y.permute(1, 2, 0).double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=2,
+        )
+        for x, y in zip(reconstructions, originals, strict=True)
+    ]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def fashion_images(data_root) -> torch.Tensor:
+    from dpsnn.data import load_images
+
+    images, _ = load_images("fashion-mnist", train=False, root=data_root)
+    return images[:64]
+
+
+def _reconstruction_like(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Blurred, noisy and shifted copies of ``images``, as an imperfect decoder returns them."""
+    g = torch.Generator().manual_seed(seed)
+    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
+    shifted = torch.roll(blurred, shifts=(1, -1), dims=(2, 3))
+    return (shifted + 0.15 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+
+
+def test_ssim_equals_scikit_image_on_real_images_and_reconstructions(fashion_images):
+    reconstructions = _reconstruction_like(fashion_images, seed=0)
+    others = fashion_images.flip(0)  # unrelated real images: SSIM near 0, sometimes negative
+    for x, y in ((reconstructions, fashion_images), (others, fashion_images), (fashion_images, fashion_images)):
+        ours = per_image_ssim(x, y).double()
+        assert (ours - _skimage_ssim(x, y)).abs().max() < 1e-4
+    assert per_image_ssim(others, fashion_images).min() < 0.3  # the check spans a real range of values
+
+
+def test_ssim_equals_scikit_image_on_colour_images():
+    g = torch.Generator().manual_seed(2)
+    images = torch.nn.functional.avg_pool2d(torch.rand(6, 3, 36, 36, generator=g), 5, stride=1)  # 32×32, smooth
+    reconstructions = _reconstruction_like(images, seed=3)
+    assert (per_image_ssim(reconstructions, images).double() - _skimage_ssim(reconstructions, images)).abs().max() < 1e-4
+
+
+def test_ssim_sees_the_border_only_through_windows_inside_the_image():
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 1, 28, 28, generator=g)
+    changed = images.clone()
+    changed[..., :, :1] = 1 - changed[..., :, :1]  # only the outermost column differs
+    # The 11×11 window centred 5 pixels in still covers column 0, so SSIM falls a little; it is not reflected twice.
+    assert (per_image_ssim(changed, images) < 1).all()
+    assert torch.allclose(per_image_ssim(changed, images).double(), _skimage_ssim(changed, images), atol=1e-4)
+
+
+def test_ssim_is_differentiable_and_refuses_small_or_mismatched_images():
+    g = torch.Generator().manual_seed(5)
+    originals = torch.rand(2, 1, 28, 28, generator=g)
+    guess = torch.full_like(originals, 0.5, requires_grad=True)
+    per_image_ssim(guess, originals).sum().backward()
+    assert guess.grad is not None and guess.grad.abs().sum() > 0
+    with pytest.raises(DataError, match="11 pixels"):
+        per_image_ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+    with pytest.raises(DataError, match="one shape"):
+        per_image_ssim(torch.rand(1, 1, 28, 28), torch.rand(1, 1, 27, 28))
+
+
 def test_ssim_per_image():
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 1, 28, 28, generator=g)

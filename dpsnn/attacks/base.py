@@ -7,10 +7,12 @@ has two stages:
 - ``fit(target, aux, training)`` returns a fitted attack, using only what the threat
   model grants (the attacker's auxiliary split, what the server sees of it, ...);
 - the fitted attack's ``run(observation)`` returns a typed result from what the
-  server recorded of the images under attack (:class:`Observation`).
+  server recorded of the images under attack (:class:`Observation`, for inversion) or
+  from the model's answers on candidate examples (:class:`Queries`, for membership).
 
 A result type names its metrics and its baseline: :class:`Reconstructions` are scored
-by the reconstruction metrics beside the ``label-only`` attack. Scoring lives in
+by the reconstruction metrics beside the ``label-only`` attack; :class:`MembershipScores`
+by the ROC metrics beside chance. Scoring lives in
 :mod:`dpsnn.evaluation`; reports read results, never attacks. Adding an attack is one
 file that defines a spec and registers it. Example::
 
@@ -85,6 +87,34 @@ class Reconstructions:
     def measure(self, truth: Any, validator: nn.Module | None = None) -> dict[str, Tensor]:
         """Every metric, unreduced (per image; per batch for dCor), against ``truth``'s images and labels."""
         return reconstruction_metrics(self.images, truth.images, truth.labels, validator)
+
+
+@dataclass
+class Queries:
+    """What query access gives for some candidate examples: their images, labels and the model's logits."""
+
+    images: Tensor
+    labels: Tensor
+    logits: Tensor
+
+
+def query(model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0) -> Queries:
+    """Query ``model`` (the whole network, wire included) on ``images``; ``torch.manual_seed(seed)`` fixes any noise."""
+    torch.manual_seed(seed)
+    return Queries(images, labels, batched(model, images, module=model))
+
+
+@dataclass
+class MembershipScores:
+    """One score per candidate example: higher means "more likely a member of the training set".
+
+    Scored by the ROC metrics (:func:`dpsnn.metrics.membership_metrics`) against the true
+    membership, beside ``chance`` (a score that carries no information: AUC 0.5, TPR = FPR).
+    """
+
+    scores: Tensor
+    baseline: ClassVar[str] = "chance"
+    metrics: ClassVar[tuple[str, ...]] = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "tpr_at_fpr_0.1", "advantage")
 
 
 @dataclass(frozen=True)
