@@ -445,14 +445,17 @@ class Split:
         return Split(self.images[:size], self.labels[:size])
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        """Batches drawn by indexing whole tensors, with no per-item Python work."""
-        dataset = TensorDataset(self.images, self.labels)
-        order = (
-            RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-            if shuffle
-            else SequentialSampler(dataset)
-        )
-        return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+        """Batches of ``(images, labels)`` drawn by indexing whole tensors, with no per-item Python work."""
+        return tensor_loader(self.images, self.labels, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+def tensor_loader(*tensors: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """Batches of aligned ``tensors``, each batch one index into every whole tensor (shuffled with ``seed``)."""
+    dataset = TensorDataset(*tensors)
+    order = (
+        RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(dataset)
+    )
+    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
 
 @dataclass

@@ -73,11 +73,15 @@ def _valid_gaussian_mean(images: Tensor, taps: Tensor) -> Tensor:
     return F.conv2d(F.conv2d(images, rows, groups=channels), columns, groups=channels)
 
 
-def per_image_ssim(reconstructions: Tensor, originals: Tensor, data_range: float = 1.0) -> Tensor:
+def per_image_ssim(
+    reconstructions: Tensor, originals: Tensor, data_range: float = 1.0, compute_dtype: torch.dtype = torch.float64
+) -> Tensor:
     """SSIM of each image pair (Wang et al. 2004, the valid region only), averaged over channels; differentiable.
 
     ``reconstructions`` and ``originals`` are ``(N, C, H, W)`` (or ``(N, H, W)``) with
-    sides of at least 11 pixels. The result has the input's dtype; the arithmetic is float64.
+    sides of at least 11 pixels. The result has the input's dtype. The arithmetic is
+    float64 (``compute_dtype``): the local variances are differences of means, and
+    float32 loses about 1e-4 of SSIM in flat regions, enough for a loss but not a metric.
     """
     if reconstructions.shape != originals.shape:
         raise DataError(
@@ -90,8 +94,8 @@ def per_image_ssim(reconstructions: Tensor, originals: Tensor, data_range: float
             f"SSIM needs images at least {2 * SSIM_RADIUS + 1} pixels a side, got {tuple(reconstructions.shape[-2:])}"
         )
     dtype = reconstructions.dtype if reconstructions.is_floating_point() else torch.float32
-    x, y = reconstructions.double(), originals.double()
-    taps = gaussian_window().to(x.device)
+    x, y = reconstructions.to(compute_dtype), originals.to(compute_dtype)
+    taps = gaussian_window().to(x.device, x.dtype)
     mean_x, mean_y = _valid_gaussian_mean(x, taps), _valid_gaussian_mean(y, taps)
     var_x = _valid_gaussian_mean(x * x, taps) - mean_x**2
     var_y = _valid_gaussian_mean(y * y, taps) - mean_y**2
@@ -139,4 +143,101 @@ def summarise(prefix: str, measured: dict[str, Tensor]) -> dict[str, float]:
     row: dict[str, float] = {}
     for name, values in measured.items():
         row[f"{prefix}{name}"], row[f"{prefix}{name}_se"] = mean_and_se(values)
+    return row
+
+
+# -- membership inference -------------------------------------------------------------------
+
+#: The false-positive rates at which the true-positive rate is reported (MICO's and LiRA's).
+FPR_LEVELS = (0.001, 0.01, 0.1)
+N_BOOTSTRAP = 200
+
+
+def check_probabilities(probabilities: Tensor, what: str = "membership predictions") -> Tensor:
+    """``probabilities`` as a float64 tensor, or :class:`DataError` if any is NaN or outside [0, 1]."""
+    values = torch.as_tensor(probabilities).detach().double().flatten()
+    bad = values.isnan() | (values < 0) | (values > 1)
+    if bad.any():
+        first = values[bad][0].item()
+        raise DataError(f"{what} must be probabilities in [0, 1]; {int(bad.sum())} are not (e.g. {first})")
+    return values
+
+
+def check_fpr_levels(fpr_levels: tuple[float, ...]) -> tuple[float, ...]:
+    """The levels as floats, or :class:`ConfigError` if one lies outside the open interval (0, 1)."""
+    from dpsnn.errors import ConfigError
+
+    levels = tuple(float(level) for level in fpr_levels)
+    bad = [level for level in levels if not 0.0 < level < 1.0]
+    if bad or not levels:
+        raise ConfigError(f"false-positive-rate levels must lie strictly between 0 and 1, got {list(fpr_levels)}")
+    return levels
+
+
+def fpr_key(level: float) -> str:
+    """``tpr_at_fpr_0.001`` for level 0.001: the metric's name."""
+    return f"tpr_at_fpr_{level:g}"
+
+
+def _membership_point(scores, members, levels: tuple[float, ...]) -> dict[str, float]:  # numpy arrays
+    """AUC, TPR at each FPR level (ROC points strictly below the level) and advantage, on one sample."""
+    from sklearn.metrics import auc, roc_curve
+
+    fpr, tpr, _ = roc_curve(members, scores, drop_intermediate=False)
+    point = {"auc": float(auc(fpr, tpr))}  # what roc_auc_score computes, without drawing the curve twice
+    for level in levels:
+        point[fpr_key(level)] = float(tpr[fpr < level].max())  # (0, 0) is always a point: never empty
+    point["advantage"] = float((tpr - fpr).max())
+    return point
+
+
+def membership_metrics(
+    scores: Tensor,
+    members: Tensor,
+    fpr_levels: tuple[float, ...] = FPR_LEVELS,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, float]:
+    """ROC metrics of membership ``scores`` (higher = more likely a member) against the truth ``members``.
+
+    Keys: ``auc`` (the area under scikit-learn's ``roc_curve``, as ``roc_auc_score``); ``tpr_at_fpr_<L>`` for each level
+    ``L``: the largest true-positive rate among the ROC points (scikit-learn's
+    ``roc_curve``) whose false-positive rate is *strictly below* ``L``, the MICO
+    challenge's convention; ``advantage``: max(TPR − FPR) over the ROC points. Each has
+    ``_se``, the standard deviation of ``n_bootstrap`` bootstrap resamples of the
+    candidates (stratified: members and non-members resampled apart, so each resample
+    has both), and ``_ci_low`` / ``_ci_high``, their 2.5 and 97.5 percentiles. Example::
+
+        membership_metrics(torch.tensor([0.9, 0.8, 0.3, 0.1]), torch.tensor([1, 1, 0, 0]))["auc"]   # 1.0
+    """
+    import numpy as np
+
+    from dpsnn.errors import ConfigError
+
+    levels = check_fpr_levels(fpr_levels)
+    if n_bootstrap < 2:
+        raise ConfigError(f"the bootstrap needs at least 2 resamples, got {n_bootstrap}")
+    score_values = torch.as_tensor(scores).detach().double().flatten().cpu().numpy()
+    truth = torch.as_tensor(members).detach().flatten().cpu().numpy().astype(bool)
+    if len(score_values) != len(truth):
+        raise DataError(f"{len(score_values)} membership scores for {len(truth)} candidates")
+    if np.isnan(score_values).any():
+        raise DataError(f"membership scores must not be NaN ({int(np.isnan(score_values).sum())} are)")
+    if truth.all() or not truth.any():
+        raise DataError("membership metrics need both members and non-members among the candidates")
+    point = _membership_point(score_values, truth, levels)
+    rng = np.random.default_rng(seed)
+    inside, outside = np.flatnonzero(truth), np.flatnonzero(~truth)
+    samples = {name: np.empty(n_bootstrap) for name in point}
+    for draw in range(n_bootstrap):
+        chosen = np.concatenate(
+            [rng.choice(inside, size=len(inside), replace=True), rng.choice(outside, size=len(outside), replace=True)]
+        )
+        for name, value in _membership_point(score_values[chosen], truth[chosen], levels).items():
+            samples[name][draw] = value
+    row: dict[str, float] = {}
+    for name, value in point.items():
+        row[name] = value
+        row[f"{name}_se"] = float(samples[name].std(ddof=1))
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = (float(q) for q in np.percentile(samples[name], [2.5, 97.5]))
     return row

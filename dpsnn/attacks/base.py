@@ -154,7 +154,7 @@ class Attack:
 
     def key(self) -> str:
         """File-name-safe: ``decoder``, ``decoder-losssim``."""
-        return self.name + "".join(f"-{k}{value_key(v)}" for k, v in self.params().items())
+        return self.name + "".join(f"-{k.replace('_', '')}{value_key(v)}" for k, v in self.params().items())
 
     def label(self) -> str:
         params = ", ".join(f"{k} {value_text(v)}" for k, v in self.params().items())
