@@ -90,15 +90,8 @@ class SuppressSchedule(L.Callback):
 
     def _mask(self, step: int, at: float) -> None:
         spec = self.spec
-        target = cubic_sparsity(
-            at,
-            spec.start_epoch,
-            spec.end_epoch,
-            spec.start_epoch,
-            spec.end_epoch - spec.start_epoch,
-            spec.sparse_start,
-            spec.sparse_end,
-        )
+        span = spec.end_epoch - spec.start_epoch
+        target = cubic_sparsity(at, spec.start_epoch, span, spec.sparse_start, spec.sparse_end)
         reached = {}
         for name, module in self._layers.items():
             total = module.weight.numel()

@@ -433,8 +433,7 @@ def make_private(
     hooks, dp_optimizer = made[0], made[1]
     ghost_adaptive = None
     if ghost and spec.clipping == "adaptive":
-        ghost_adaptive = {key: adaptive[key] for key in ("target_unclipped_quantile", "clipbound_learning_rate")}
-        ghost_adaptive |= {"min_clipbound": adaptive["min_clipbound"], "max_clipbound": adaptive["max_clipbound"]}
+        ghost_adaptive = {key: value for key, value in adaptive.items() if key != "unclipped_num_std"}
     privacy = PrivateTraining(
         spec,
         dp_optimizer,

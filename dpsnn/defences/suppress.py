@@ -37,7 +37,7 @@ __all__ = ["PRUNABLE", "Suppress", "cubic_sparsity", "pruned_layers", "sparsity"
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 
 
-def cubic_sparsity(t: float, start: float, end: float, t0: float, span: float, s_start: float, s_end: float) -> float:
+def cubic_sparsity(t: float, t0: float, span: float, s_start: float, s_end: float) -> float:
     """MindArmour's sparsity at time ``t``: s_end + (s_start − s_end)(1 − (t − t₀)/span)³, clamped to [t₀, t₀+span]."""
     if span <= 0:
         return s_end if t >= t0 else s_start
