@@ -64,6 +64,8 @@ bench: setup dataset
 	$(BIN)/python benchmarks/bench_nopeek.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_privacy.py
+	$(BIN)/python benchmarks/bench_whitebox.py
+	$(BIN)/python benchmarks/bench_shadows.py
 
 bench-budget: setup dataset
 	$(BIN)/python benchmarks/bench_budget.py

@@ -81,3 +81,48 @@ def evaluate_attack(
             per_image_correct(validator, test.images, test.labels)
         )
     return row
+
+
+def chance_membership_metrics(fpr_levels: tuple[float, ...] | None = None) -> dict[str, float]:
+    """What scores without information give, in expectation: AUC 0.5, TPR = FPR at each level, advantage 0."""
+    from dpsnn.metrics import FPR_LEVELS, fpr_key
+
+    levels = FPR_LEVELS if fpr_levels is None else fpr_levels
+    return {"auc": 0.5, **{fpr_key(level): float(level) for level in levels}, "advantage": 0.0}
+
+
+def evaluate_membership(
+    target: SplitNN,
+    fitted: Any,
+    candidates: Split,
+    members: Tensor,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Query ``target`` on ``candidates``, run a fitted membership attack and score it beside chance.
+
+    ``members`` (bool, one per candidate) is the truth. Keys, for each metric of
+    :func:`dpsnn.metrics.membership_metrics` (auc, tpr_at_fpr_0.001, tpr_at_fpr_0.01,
+    tpr_at_fpr_0.1, advantage): ``attack_<m>`` with ``_se`` (bootstrap) and
+    ``_ci_low``/``_ci_high`` (95% percentile bootstrap); ``baseline_<m>``, chance's
+    expected value (exact, so ``_se`` 0); ``gap_<m>`` = attack − chance, with the attack's
+    ``_se`` and interval shifted by the baseline. Also ``n_candidates`` and ``n_members``.
+    """
+    from dpsnn.attacks.base import query
+    from dpsnn.errors import DataError
+    from dpsnn.metrics import membership_metrics
+
+    candidates.require("candidates")
+    if len(members) != len(candidates):
+        raise DataError(f"{len(members)} membership labels for {len(candidates)} candidates")
+    result = fitted.run(query(target, candidates.images, candidates.labels, seed))
+    measured = membership_metrics(result.scores, members, seed=seed)
+    row: dict[str, Any] = {"n_candidates": len(candidates), "n_members": int(members.sum())}
+    for name, chance in chance_membership_metrics().items():
+        row[f"attack_{name}"] = measured[name]
+        for suffix in ("_se", "_ci_low", "_ci_high"):
+            row[f"attack_{name}{suffix}"] = measured[f"{name}{suffix}"]
+        row[f"baseline_{name}"], row[f"baseline_{name}_se"] = chance, 0.0
+        row[f"gap_{name}"], row[f"gap_{name}_se"] = measured[name] - chance, measured[f"{name}_se"]
+        row[f"gap_{name}_ci_low"] = measured[f"{name}_ci_low"] - chance
+        row[f"gap_{name}_ci_high"] = measured[f"{name}_ci_high"] - chance
+    return row

@@ -33,6 +33,9 @@ _ENTRIES = {
     "DecoderAttack": "dpsnn.attacks.inversion",
     "InversionAttacker": "dpsnn.attacks.inversion",
     "what_server_sees": "dpsnn.attacks.inversion",
+    "WhiteBoxInversion": "dpsnn.attacks.whitebox",
+    "WhiteBoxInverter": "dpsnn.attacks.whitebox",
+    "mindarmour_scores": "dpsnn.attacks.whitebox",
 }
 
 __all__ = [
