@@ -33,6 +33,8 @@ _ENTRIES = {
     "DecoderAttack": "dpsnn.attacks.inversion",
     "InversionAttacker": "dpsnn.attacks.inversion",
     "what_server_sees": "dpsnn.attacks.inversion",
+    "Lira": "dpsnn.attacks.lira",
+    "FittedLira": "dpsnn.attacks.lira",
     "WhiteBoxInversion": "dpsnn.attacks.whitebox",
     "WhiteBoxInverter": "dpsnn.attacks.whitebox",
     "mindarmour_scores": "dpsnn.attacks.whitebox",
