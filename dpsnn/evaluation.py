@@ -101,8 +101,8 @@ def evaluate_membership(
     """Query ``target`` on ``candidates``, run a fitted membership attack and score it beside chance.
 
     ``members`` (bool, one per candidate) is the truth. Keys, for each metric of
-    :func:`dpsnn.metrics.membership_metrics` (auc, tpr_at_fpr_0.001, tpr_at_fpr_0.01,
-    tpr_at_fpr_0.1, advantage): ``attack_<m>`` with ``_se`` (bootstrap) and
+    :func:`dpsnn.metrics.membership_metrics` (auc, tpr_at_fpr_0_001, tpr_at_fpr_0_01,
+    tpr_at_fpr_0_1, advantage): ``attack_<m>`` with ``_se`` (bootstrap) and
     ``_ci_low``/``_ci_high`` (95% percentile bootstrap); ``baseline_<m>``, chance's
     expected value (exact, so ``_se`` 0); ``gap_<m>`` = attack − chance, with the attack's
     ``_se`` and interval shifted by the baseline. Also ``n_candidates`` and ``n_members``.

@@ -175,8 +175,8 @@ def check_fpr_levels(fpr_levels: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def fpr_key(level: float) -> str:
-    """``tpr_at_fpr_0.001`` for level 0.001: the metric's name."""
-    return f"tpr_at_fpr_{level:g}"
+    """``tpr_at_fpr_0_001`` for level 0.001: the metric's name (a dot would not make a column name)."""
+    return "tpr_at_fpr_" + f"{level:g}".replace(".", "_").replace("-", "m")
 
 
 def _membership_point(scores, members, levels: tuple[float, ...]) -> dict[str, float]:  # numpy arrays

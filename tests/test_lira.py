@@ -174,7 +174,7 @@ def test_lira_separates_members_whose_difficulty_varies_where_a_global_threshold
     assert threshold["auc"] < 0.65
     for row in rows.values():
         assert row["auc"] > 0.95
-        assert row["tpr_at_fpr_0.01"] > 0.8 > threshold["tpr_at_fpr_0.01"] + 0.5
+        assert row["tpr_at_fpr_0_01"] > 0.8 > threshold["tpr_at_fpr_0_01"] + 0.5
 
 
 # -- the spec -------------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def test_online_lira_beats_the_global_loss_threshold_at_low_false_positive_rates
     lira = membership_metrics(fitted.run(queries).scores, is_member, n_bootstrap=20)
     threshold = make_attack("membership-threshold", {"signal": "loss"}).fit(target, aux, QUIET, seed=1)
     loss = membership_metrics(threshold.run(queries).scores, is_member, n_bootstrap=20)
-    assert lira["tpr_at_fpr_0.01"] > loss["tpr_at_fpr_0.01"] + 0.05
+    assert lira["tpr_at_fpr_0_01"] > loss["tpr_at_fpr_0_01"] + 0.05
     assert lira["auc"] > loss["auc"]
 
     # What the fitted attack exposes: each candidate IN exactly half of the shadows, and the φ it fitted.

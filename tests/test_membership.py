@@ -15,14 +15,14 @@ from dpsnn.attacks.membership import membership_candidates, membership_signal
 from dpsnn.data import Split
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.evaluation import evaluate_membership
-from dpsnn.metrics import check_probabilities, membership_metrics
+from dpsnn.metrics import check_probabilities, fpr_key, membership_metrics
 from dpsnn.models import SplitNN
 from dpsnn.shadows import ShadowRecipe, train_shadows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHAPE = (1, 12, 12)
-METRICS = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "tpr_at_fpr_0.1", "advantage")
+METRICS = ("auc", "tpr_at_fpr_0_001", "tpr_at_fpr_0_01", "tpr_at_fpr_0_1", "advantage")
 #: The target's recipe (60 epochs at batch 16), and aux twice its training set: each shadow trains on as many examples.
 SMALL_SHADOWS = {"shadow_models": 4, "epochs": 60, "batch_size": 16}
 
@@ -70,7 +70,7 @@ def test_the_metrics_equal_scikit_learns_roc():
     fpr, tpr, _ = roc_curve(members, scores)
     assert measured["auc"] == pytest.approx(roc_auc_score(members, scores), abs=1e-12)
     for level in (0.001, 0.01, 0.1):
-        assert measured[f"tpr_at_fpr_{level:g}"] == pytest.approx(tpr[fpr < level].max(), abs=1e-12)
+        assert measured[fpr_key(level)] == pytest.approx(tpr[fpr < level].max(), abs=1e-12)
     assert measured["advantage"] == pytest.approx((tpr - fpr).max(), abs=1e-12)
     assert set(measured) == {f"{m}{s}" for m in METRICS for s in ("", "_se", "_ci_low", "_ci_high")}
 
@@ -84,8 +84,8 @@ def test_tpr_at_fpr_uses_the_points_strictly_below_the_level():
     fpr, tpr, _ = roc_curve(members.numpy(), scores.numpy())
     assert tpr[fpr <= 0.1].max() == 1.0 and tpr[fpr < 0.1].max() == 0.5  # the two conventions differ here
     measured = membership_metrics(scores, members, fpr_levels=(0.1, 0.11), n_bootstrap=20)
-    assert measured["tpr_at_fpr_0.1"] == 0.5
-    assert measured["tpr_at_fpr_0.11"] == 1.0
+    assert measured["tpr_at_fpr_0_1"] == 0.5
+    assert measured["tpr_at_fpr_0_11"] == 1.0
     assert measured["advantage"] == pytest.approx(0.9)  # TPR 1 at FPR 0.1
     assert measured["auc"] == pytest.approx(0.95)  # one non-member outranks five members: 1 - 5/100
 
@@ -95,7 +95,7 @@ def test_the_bootstrap_interval_contains_the_estimate_and_is_reproducible():
     members = torch.tensor(generator.random(300) < 0.5)
     scores = torch.tensor(generator.normal(size=300)) + members.double()
     measured = membership_metrics(scores, members, seed=7)
-    for name in ("auc", "advantage", "tpr_at_fpr_0.1"):
+    for name in ("auc", "advantage", "tpr_at_fpr_0_1"):
         assert measured[f"{name}_ci_low"] <= measured[name] <= measured[f"{name}_ci_high"]
         assert 0 < measured[f"{name}_se"] < 0.1
     assert measured["auc_ci_high"] - measured["auc_ci_low"] == pytest.approx(4 * measured["auc_se"], rel=0.3)
@@ -214,7 +214,7 @@ def test_chance_is_at_chance_and_the_row_has_every_metric(overfitted):
         for prefix in ("attack_", "baseline_", "gap_"):
             assert math.isfinite(row[f"{prefix}{metric}"]) and math.isfinite(row[f"{prefix}{metric}_se"])
         assert row[f"gap_{metric}"] == pytest.approx(row[f"attack_{metric}"] - row[f"baseline_{metric}"])
-    assert row["baseline_auc"] == 0.5 and row["baseline_tpr_at_fpr_0.01"] == 0.01 and row["baseline_advantage"] == 0
+    assert row["baseline_auc"] == 0.5 and row["baseline_tpr_at_fpr_0_01"] == 0.01 and row["baseline_advantage"] == 0
 
 
 def test_bad_attack_parameters_and_data_are_clear_errors():

@@ -84,7 +84,7 @@ def test_a_run_writes_every_metric_with_its_interval(outcomes):
     results, done = outcomes["good"]
     assert done.returncode == 0, done.stderr[-3000:]
     header, rows = read_table(results / "membership.csv")
-    metrics = ["auc", "tpr_at_fpr_0.05", "tpr_at_fpr_0.5", "advantage"]
+    metrics = ["auc", "tpr_at_fpr_0_05", "tpr_at_fpr_0_5", "advantage"]
     assert header[-16:] == [f"{m}{suffix}" for m in metrics for suffix in ("", "_se", "_ci_low", "_ci_high")]
     assert [row["attack"].split("(")[0] for row in rows] == ["membership-threshold", "lira"]
     assert "shadow_models=2" in rows[1]["attack"] and "mode=online" in rows[1]["attack"]
@@ -101,7 +101,7 @@ def test_a_run_writes_every_metric_with_its_interval(outcomes):
             value, low, high, se = (float(row[metric + suffix]) for suffix in ("", "_ci_low", "_ci_high", "_se"))
             assert 0 <= low <= value <= high <= 1 and math.isfinite(se) and se >= 0
     assert "wrote 2 rows" in done.stdout
-    for name in ("auc", "tpr_at_fpr_0.05", "advantage", "95% interval"):
+    for name in ("auc", "tpr_at_fpr_0_05", "advantage", "95% interval"):
         assert name in done.stdout
 
 

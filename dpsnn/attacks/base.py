@@ -114,7 +114,7 @@ class MembershipScores:
 
     scores: Tensor
     baseline: ClassVar[str] = "chance"
-    metrics: ClassVar[tuple[str, ...]] = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "tpr_at_fpr_0.1", "advantage")
+    metrics: ClassVar[tuple[str, ...]] = ("auc", "tpr_at_fpr_0_001", "tpr_at_fpr_0_01", "tpr_at_fpr_0_1", "advantage")
 
 
 @dataclass(frozen=True)
