@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,18 @@ def test_the_extension_is_tried_only_while_accuracy_holds(tmp_path, tiny_runner,
         if extended:
             store.add({"key": extension[0].key, "status": "ok", **extension[0].as_row(), "accuracy": 0.2})
             assert [c.seed for c in runner._extensions("noise", 1, store)] == [1]
+
+
+def test_a_membership_attack_is_scored_on_members_and_non_members(tmp_path, tiny_runner):
+    """A membership attack's row has its ROC metrics beside chance; the candidates come from train and test."""
+    runner = tiny_runner(tmp_path)
+    config = replace(undefended_config("fashion-mnist", runner.budget), attack="membership-threshold")
+    with RunStore(runner.results_dir) as store:
+        store.add(runner.measure(config))
+    (row,) = read_runs(runner.results_dir)
+    assert row["attack"].startswith("membership-threshold(") and "signal=loss" in row["attack"]
+    assert 0 <= row["attack_auc"] <= 1 and row["attack_auc_se"] > 0
+    assert row["baseline_auc"] == 0.5 and row["gap_auc"] == pytest.approx(row["attack_auc"] - 0.5)
+    assert row["baseline_tpr_at_fpr_0_01"] == 0.01 and math.isfinite(row["attack_advantage"])
+    assert not any("_ci_" in column for column in row)
+    assert math.isnan(row["attack_ssim"])  # no reconstructions in a membership row

@@ -14,8 +14,11 @@ killed half-way restarts from its model. Example::
 
 A run trains the model with ``train_classifier(architecture=..., defences=...)``, puts
 the configuration's inference defences on its wire, fits the configuration's attack
-(``Attack.fit``) and scores it with :func:`dpsnn.evaluation.evaluate_attack`; every metric
-the result names, and every number the defences' ``measures`` report, is recorded.
+(``Attack.fit``) and scores it with :func:`dpsnn.evaluation.evaluate_attack` (inversion:
+reconstructions of the test split) or :func:`dpsnn.evaluation.evaluate_membership`
+(membership: the budget's ``membership_candidates``, half of them drawn from the target's
+training split and half from the test split); every metric the result names, and every
+number the defences' ``measures`` report, is recorded.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dpsnn.attacks.base import AttackTraining, Reconstructions, attack_from
+from dpsnn.attacks.base import AttackTraining, MembershipScores, Reconstructions, attack_from
 from dpsnn.checkpoints import VALIDATORS_DIR, load_classifier, save_checkpoint
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, ensure_dataset, make_splits
 from dpsnn.errors import DataError, TrainingDiverged
-from dpsnn.evaluation import evaluate_attack, evaluate_classifier, reconstruct
+from dpsnn.evaluation import evaluate_attack, evaluate_classifier, evaluate_membership, reconstruct
 from dpsnn.experiments.store import SAMPLES_DIR, RunStore, current_code_version
 from dpsnn.experiments.suites import (
     OTHER_DATASET,
@@ -53,8 +56,8 @@ from dpsnn.training import obtain_validator, train_classifier
 N_SAMPLES = 8  # test images whose reconstructions are kept (first seed only) for the figures
 
 
-# Counts that evaluate_attack returns beside its metrics (n_test has its own column).
-COUNTS = frozenset({"n_test", "n_aux_baseline"})
+# Counts that evaluate_attack and evaluate_membership return beside their metrics (n_test has its own column).
+COUNTS = frozenset({"n_test", "n_aux_baseline", "n_candidates", "n_members"})
 
 
 def defence_measures(model: SplitNN) -> dict[str, float]:
@@ -259,19 +262,32 @@ class ExperimentRunner:
             attacker = config.attack.fit(target, attacker_aux, training, seed=config.seed)
         except TrainingDiverged as error:
             return row | {"status": "diverged", "note": str(error), "attack_seconds": time.perf_counter() - started}
-        validator = obtain_validator(
-            splits,
-            self.validators_dir,
-            max_epochs=self.budget.validator_epochs,
-            train_size=self.budget.validator_train_size,
-            progress=self.progress,
-        )
-        measured = evaluate_attack(target, attacker, test, baseline_aux, validator=validator, seed=config.seed)
-        row |= {name: value for name, value in measured.items() if name not in COUNTS}
+        if issubclass(config.attack.result, MembershipScores):
+            measured = self.score_membership(config, target, attacker, splits, test)
+        else:
+            validator = obtain_validator(
+                splits,
+                self.validators_dir,
+                max_epochs=self.budget.validator_epochs,
+                train_size=self.budget.validator_train_size,
+                progress=self.progress,
+            )
+            measured = evaluate_attack(target, attacker, test, baseline_aux, validator=validator, seed=config.seed)
+        row |= {name: value for name, value in measured.items() if name not in COUNTS and "_ci_" not in name}
         row |= {"status": "ok", "attack_seconds": time.perf_counter() - started}
         if config.seed == 0 and issubclass(config.attack.result, Reconstructions):
             self._keep_samples(config, target, attacker, test, baseline_aux)
         return row
+
+    def score_membership(
+        self, config: RunConfig, target: SplitNN, attacker: Any, splits: Splits, test: Split
+    ) -> dict[str, float]:
+        """A fitted membership attack scored on candidates from the target's training split and ``test``."""
+        from dpsnn.attacks.membership import membership_candidates
+
+        n = min(self.budget.membership_candidates, 2 * len(splits.train), 2 * len(test))
+        candidates, members = membership_candidates(splits.train, test, n, seed=config.seed)
+        return evaluate_membership(target, attacker, candidates, members, seed=config.seed)
 
     def _keep_samples(
         self,

@@ -67,6 +67,7 @@ class Budget:
     batch_size: int = 128
     learning_rate: float = 1e-3
     grid: str = "full"
+    membership_candidates: int = 2000  # half from the target's training split, half from its test split
 
 
 FULL = Budget(
@@ -90,6 +91,7 @@ QUICK = Budget(
     validator_epochs=1,
     validator_train_size=5000,
     grid="quick",
+    membership_candidates=400,
 )
 
 
