@@ -1,4 +1,4 @@
-"""Train an attack against a saved classifier and save it under models/attackers/.
+"""Train an inversion attack against a saved classifier, score it, and save it under models/attackers/.
 
     python scripts/train_attacker.py --model demo_05noise_01nopeek --aux-size 1000
     python scripts/train_attacker.py --model demo_0noise_01nopeek --wire laplace:scale=1   # noise added after training
@@ -8,7 +8,10 @@ from everything the target trained on) through the client, records what crosses 
 wire, noise included, and learns from it (the ``decoder`` attack learns to decode it).
 It is scored on the target's test split beside its baseline (for reconstructions, the
 label-only baseline); the figures are printed and appended, with their standard errors,
-to results/train_attacker.csv.
+to results/train_attacker.csv. An attack with no weights of its own (``whitebox``, which
+optimises images through the client's weights; ``best-of``) is run and scored the same
+way but not saved: ``--test-size`` keeps white-box inversion, 100 optimiser steps per
+image, affordable on a CPU.
 
 ``--wire`` replaces the defences on the model's wire by those given (``--model-noise S``
 is ``--wire laplace:scale=S``); without either, the wire the model was trained with is
@@ -23,7 +26,7 @@ from typing import get_type_hints
 
 from torch import nn
 
-from dpsnn.attacks import Attack, AttackTraining, attack_from, registered_attacks
+from dpsnn.attacks import Attack, AttackTraining, Reconstructions, attack_from, registered_attacks
 from dpsnn.checkpoints import (
     ATTACKERS_DIR,
     CLASSIFIERS_DIR,
@@ -80,7 +83,7 @@ def upgrade_legacy_row(row: dict[str, str]) -> dict[str, str]:
 
 
 def saves_weights(attack: type[Attack]) -> bool:
-    """Whether fitting ``attack`` gives a module with weights to save (the label-only baseline has none)."""
+    """Whether fitting ``attack`` gives a module with weights to save (the decoders; not white-box inversion)."""
     try:
         fitted = get_type_hints(attack.fit).get("return")
     except Exception:  # an annotation that cannot be resolved: the fitted attack is checked after fitting
@@ -88,17 +91,30 @@ def saves_weights(attack: type[Attack]) -> bool:
     return isinstance(fitted, type) and issubclass(fitted, nn.Module)
 
 
+def runnable_attacks() -> list[str]:
+    """The registered inversion attacks but the baseline: each is fitted, scored and, if it has weights, saved."""
+    attacks = registered_attacks().items()
+    return sorted(
+        name for name, attack in attacks if attack.result is Reconstructions and name != Reconstructions.baseline
+    )
+
+
 def trainable_attacks() -> list[str]:
-    """The registered attacks whose fitted form is a checkpoint."""
-    return sorted(name for name, attack in registered_attacks().items() if saves_weights(attack))
+    """The runnable attacks whose fitted form is a checkpoint."""
+    return [name for name in runnable_attacks() if saves_weights(registered_attacks()[name])]
 
 
 def _attack(text: str) -> Attack:
     attack = attack_from(text)
-    if not saves_weights(type(attack)):
+    if type(attack).result is not Reconstructions:
+        raise ConfigError(
+            f"attack '{attack.name}' is a membership attack: run it with membership_inference.py; "
+            f"choose from {', '.join(runnable_attacks())}"
+        )
+    if attack.name == Reconstructions.baseline:
         raise ConfigError(
             f"attack '{attack.name}' has nothing to train or save (evaluate_attackers.py scores it beside every "
-            f"attacker); choose from {', '.join(trainable_attacks())}"
+            f"attacker); choose from {', '.join(runnable_attacks())}"
         )
     return attack
 
@@ -111,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> object:
         type=checked(_attack),
         default="decoder",
         metavar="NAME[:key=value,...]",
-        help=f"the attack to train: {', '.join(trainable_attacks())}",
+        help=f"the attack to run: {', '.join(runnable_attacks())} (saved: {', '.join(trainable_attacks())})",
     )
     parser.add_argument(
         "--model-noise",
@@ -188,16 +204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         aux_size=aux_size,
         data_seed=data_seed,
     )
-    if not isinstance(attacker, nn.Module):
-        raise ConfigError(f"attack '{args.attack.name}' has nothing to save; choose from {trainable_attacks()}")
     # The label-only baseline needs the target's classes: its own dataset's auxiliary split.
     measured = evaluate_attack(target, attacker, splits.test, splits.aux.subset(aux_size), seed=seed)
     epoch = args.max_epochs - 1
-    stem = target_path.stem.split("_epoch=")[0]
-    name = args.saveas or attacker_filename(stem, wire_key(wire_specs), aux_dataset, aux_size, epoch)
-    path = save_checkpoint(attacker, args.models_dir / Path(name).name, "attacker", epoch)
+    path = None
+    if isinstance(attacker, nn.Module):  # white-box inversion and best-of have no weights of their own
+        stem = target_path.stem.split("_epoch=")[0]
+        name = args.saveas or attacker_filename(stem, wire_key(wire_specs), aux_dataset, aux_size, epoch)
+        path = save_checkpoint(attacker, args.models_dir / Path(name).name, "attacker", epoch)
     row = {
-        "attacker": path.name,
+        "attacker": path.name if path else "",
         "target": target_path.name,
         "dataset": dataset,
         "architecture": target.hparams["architecture"],
@@ -212,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **measured,
     }
     append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row})
-    print(f"saved {path}")
+    print(f"saved {path}" if path else f"attack '{args.attack.name}' has no weights of its own: scored, not saved")
     print(f"attack: {args.attack.label()}; target trained with {label(target.defences)}; wire: {label(wire_specs)}")
     print(f"scored on {measured['n_test']} test images")
     print(attack_table(row, ("mse", "psnr", "ssim", "dcor")))

@@ -650,7 +650,7 @@ IN_PROCESS = [
         "train_attacker-label-only",
         "train_attacker.py",
         ("--model", "any", "--attack", "label-only"),
-        ("argument --attack", "'label-only' has nothing to train or save", "choose from decoder"),
+        ("argument --attack", "'label-only' has nothing to train or save", "choose from best-of, decoder"),
         2,
     ),
     InProcess(
@@ -757,10 +757,11 @@ def test_registry_flags_bad_input_gives_one_clear_line(case, tmp_path, capsys, m
     assert {name: (ws.root / name).read_bytes() for name in ws.planted} == before, "a planted file was changed"
 
 
-def test_help_lists_only_trainable_attacks(capsys, monkeypatch):
+def test_help_lists_the_inversion_attacks_and_which_are_saved(capsys, monkeypatch):
     assert run_main("train_attacker.py", ["--help"], monkeypatch) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "the attack to train: decoder" in out and "label-only" not in out
+    assert "the attack to run: best-of, decoder" in out and "whitebox" in out and "label-only" not in out
+    assert "(saved: decoder, decoder-label, decoder-large, decoder-ssim)" in out
 
 
 # --- the shorthand flags and the wire: merge rules ---------------------------------------------
@@ -899,3 +900,27 @@ def test_grid_row_labels_name_the_defences_the_wire_and_the_architecture():
     assert row_label(plain, [Laplace(1.0)], 10) == "no defence, wire: noise 1\naux 10"
     cifar = SplitNN("cifar-cnn", input_shape=(3, 32, 32), defences=["nopeek:weight=0.2"])
     assert row_label(cifar, [], 5) == "cifar-cnn: NoPeek 0.2\naux 5"
+
+
+def test_white_box_inversion_runs_from_train_attacker_and_is_scored_not_saved(tmp_path, data_root, monkeypatch, capsys):
+    classifiers, attackers, results = tmp_path / "classifiers", tmp_path / "attackers", tmp_path / "results"
+    torch.manual_seed(0)
+    model = SplitNN(dataset="fashion-mnist", seed=0, train_size=500, val_size=100, aux_size=64)
+    save_checkpoint(model, classifiers / "tiny_epoch=00.ckpt", "classifier", 0)
+    args = [
+        *("--model", "tiny", "--attack", "whitebox:steps=3", "--test-size", "16", "--aux-size", "64"),
+        *("--classifiers-dir", str(classifiers), "--models-dir", str(attackers), "--results-dir", str(results)),
+        *("--data-dir", str(data_root), "--no-progress"),
+    ]
+    assert run_main("train_attacker.py", args, monkeypatch) == 0, capsys.readouterr().err
+    assert "has no weights of its own: scored, not saved" in capsys.readouterr().out
+    _, (row,) = read_table(results / "train_attacker.csv")
+    assert row["attacker"] == "" and row["attack"].startswith("whitebox(steps=3")
+    assert 0 <= float(row["attack_mse"]) <= 1 and float(row["attack_ssim_se"]) >= 0
+    assert not attackers.exists() or not any(attackers.iterdir())
+
+
+def test_a_membership_attack_is_sent_to_membership_inference(monkeypatch, capsys):
+    assert run_main("train_attacker.py", ["--model", "any", "--attack", "lira"], monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a membership attack: run it with membership_inference.py" in err[0]
