@@ -451,3 +451,40 @@ def test_a_new_suite_is_one_entry_and_nothing_else_changes(tmp_path, monkeypatch
     assert "suites" in summary[0] and suites_of(config_of(table[2]), FULL) == ["strong-noise"]
     assert {r["label"] for r in frontier_points(summary)} == {"none", "noise 3", "noise 7"}
     assert "| noise 7 |" in report_module.report_blocks(summary)["strong-noise"]
+
+
+def _defended_runs(defences: tuple, gaps: tuple[float, ...], accuracy: float, key: str) -> list[dict]:
+    """One run per seed of ``defences`` (specs or spec text), with SSIM gap ``gaps[seed]``."""
+    runs = []
+    for seed, gap in enumerate(gaps):
+        config = RunConfig("fashion-mnist", seed, defences, aux_size=FULL.aux_size)
+        suites = " ".join(suites_of(config, FULL))
+        runs.append(
+            {"key": f"{key}{seed}", "status": "ok", "budget": "full", "suites": suites, **config.as_row()}
+            | {"accuracy": accuracy + seed / 1000, "gap_ssim": gap, "attack_validator_acc": 0.8}
+        )
+    return runs
+
+
+def test_the_dp_verdict_says_how_the_gap_changed_and_waits_for_seeds():
+    plain = _defended_runs((), (0.30, 0.31, 0.29), 0.89, "plain")
+    wider = _defended_runs(("dp:epsilon=1",), (0.34, 0.35, 0.33), 0.77, "dp1")
+    same = _defended_runs(("dp:epsilon=10",), (0.30, 0.29, 0.31), 0.78, "dp10")
+    verdict = report_module.dp_verdict(summarise(plain + wider + same))
+    assert "the 2021 paper's claim holds here" in verdict and "at ε = 1 the gap is even wider" in verdict
+    narrower = _defended_runs(("dp:epsilon=1",), (0.20, 0.21, 0.19), 0.77, "dp1")
+    assert "is narrower than the undefended one by 0.100" in report_module.dp_verdict(summarise(plain + narrower))
+    closed = _defended_runs(("dp:epsilon=1",), (0.00, 0.01, -0.01), 0.50, "dp1")
+    assert "does not hold there" in report_module.dp_verdict(summarise(plain + closed))
+    one_seed = _defended_runs(("dp:epsilon=1",), (0.34,), 0.77, "dp1")
+    assert "too few seeds" in report_module.dp_verdict(summarise(plain + one_seed))
+
+
+def test_the_suppress_verdict_compares_the_front_with_dp():
+    plain = _defended_runs((), (0.30, 0.31, 0.29), 0.89, "plain")
+    dp = _defended_runs(("dp:epsilon=4",), (0.31, 0.30, 0.32), 0.77, "dp4")
+    better = _defended_runs(("suppress:sparse_end=0.9,end_epoch=2,mask_times=10",), (0.29, 0.30, 0.31), 0.87, "s9")
+    verdict = report_module.suppress_verdict(summarise(plain + dp + better))
+    assert "1 of 1 DP-SGD settings are beaten" in verdict and "MindArmour's claim holds here" in verdict
+    worse = _defended_runs(("suppress:sparse_end=0.9,end_epoch=2,mask_times=10",), (0.40, 0.41, 0.39), 0.70, "s9")
+    assert "does not hold here" in report_module.suppress_verdict(summarise(plain + dp + worse))
