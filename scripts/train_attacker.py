@@ -101,7 +101,8 @@ def runnable_attacks() -> list[str]:
 
 def trainable_attacks() -> list[str]:
     """The runnable attacks whose fitted form is a checkpoint."""
-    return [name for name in runnable_attacks() if saves_weights(registered_attacks()[name])]
+    attacks = registered_attacks()
+    return [name for name in runnable_attacks() if saves_weights(attacks[name])]
 
 
 def _attack(text: str) -> Attack:
