@@ -417,6 +417,16 @@ def test_report_blocks_are_rewritten_and_the_prose_is_kept(tmp_path):
     assert "| noise 0.5 |" in markdown_table(suite_table(summary, "noise"))
 
 
+def test_a_suite_without_runs_is_reported_as_not_measured():
+    blocks = report_blocks(_summary_rows())
+    assert "| noise 0.5 |" in blocks["noise"]
+    assert blocks["dp"].startswith("Not measured yet") and "run_experiments.py dp --seeds 3" in blocks["dp"]
+    assert blocks["reference"].startswith("Not measured yet")  # the combo suite has no run here
+    empty = report_blocks([])
+    assert all(empty[suite].startswith("Not measured yet") for suite in SUITES)
+    assert empty["frontier"].startswith("Not measured yet") and "No undefended run" in empty["verdict"]
+
+
 def test_a_new_suite_is_one_entry_and_nothing_else_changes(tmp_path, monkeypatch):
     """A suite registered from outside reaches the tables, the frontier and the report without other edits."""
     monkeypatch.setattr(suites_module, "SUITES", dict(SUITES))

@@ -187,6 +187,8 @@ def reference_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """The 2021 reference's ranges beside this toolkit's, over the settings with both defences on."""
     axes = [axis.column for axis in SUITES[REFERENCE_SUITE].axes]
     both = [row for row in suite_table(summary, REFERENCE_SUITE) if all(row[column] > 0 for column in axes)]
+    if not both:
+        return not_measured(REFERENCE_SUITE)
     lines = [
         f"| over the noise + NoPeek settings | 2021 reference | dpsnn ({len(both)} settings, means over seeds) |",
         "|---|---|---|",
@@ -308,11 +310,26 @@ def suppress_verdict(summary: Sequence[Mapping[str, Any]]) -> str:
     return text + "**MindArmour's claim holds only in part: each family wins part of the trade-off.**"
 
 
+def not_measured(suite: str) -> str:
+    """What the report says where a suite has no run recorded."""
+    return f"Not measured yet: `python scripts/run_experiments.py {suite} --seeds 3` measures it."
+
+
+def suite_block(summary: Sequence[Mapping[str, Any]], suite: str) -> str:
+    """The report's table of ``suite``, or a line saying it has not been measured.
+
+    The undefended run is in every suite as its reference; alone it does not make a suite measured.
+    """
+    rows = suite_table(summary, suite)
+    own = rows if suite == UNDEFENDED else [row for row in rows if UNDEFENDED not in row["suites"].split()]
+    return markdown_table(rows) if own else not_measured(suite)
+
+
 def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """The generated sections of the report, by name: one table per suite and the verdict."""
-    blocks = {suite: markdown_table(suite_table(summary, suite)) for suite in SUITES}
+    blocks = {suite: suite_block(summary, suite) for suite in SUITES}
     front = pareto_front(frontier_points(summary))
-    blocks["frontier"] = markdown_table(front)
+    blocks["frontier"] = markdown_table(front) if front else "Not measured yet: no suite has a run recorded."
     blocks["reference"] = reference_table(summary)
     blocks["verdict-dp"] = dp_verdict(summary)
     blocks["verdict-suppress"] = suppress_verdict(summary)
