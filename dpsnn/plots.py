@@ -107,6 +107,52 @@ def privacy_utility_frontier(
     return _save(figure, path)
 
 
+def panels_per_attack(
+    panels: Mapping[str, Sequence[Mapping[str, float]]],
+    path: str | Path,
+    y: str,
+    ylabel: str,
+    chance: float | None = None,
+    title: str | None = None,
+    columns: int = 3,
+) -> Path:
+    """One panel per attack: test accuracy against ``y`` for every defence setting, with SE bars, each labelled.
+
+    ``panels`` maps an attack's name to its rows (each with ``label``, ``accuracy``, ``y``
+    and their ``_se``). ``chance`` draws the value ``y`` takes when nothing leaks.
+    """
+    if not panels:
+        raise ValueError("panels_per_attack needs at least one attack")
+    columns = min(columns, len(panels))
+    n_rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(4.6 * columns, 3.9 * n_rows))
+    axes = figure.subplots(n_rows, columns, squeeze=False, sharex=True, sharey=True)
+    for axis, (attack, rows) in zip(axes.flat, panels.items(), strict=False):
+        axis.errorbar(
+            [r[y] for r in rows],
+            [r["accuracy"] for r in rows],
+            xerr=[r.get(f"{y}_se", 0.0) for r in rows],
+            yerr=[r.get("accuracy_se", 0.0) for r in rows],
+            fmt="o",
+            markersize=4,
+            capsize=2,
+        )
+        for row in rows:
+            axis.annotate(
+                row["label"], (row[y], row["accuracy"]), fontsize=6, xytext=(3, 2), textcoords="offset points"
+            )
+        if chance is not None:
+            axis.axvline(chance, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(attack, fontsize=9)
+        axis.set_xlabel(ylabel, fontsize=8)
+        axis.set_ylabel("test accuracy", fontsize=8)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
 def measure_curves(
     rows: Sequence[Mapping[str, float]],
     x: str,

@@ -3,7 +3,8 @@
     python scripts/run_experiments.py all --seeds 3        # the full grid on Fashion-MNIST
     python scripts/run_experiments.py noise nopeek --quick  # a small version, in minutes
 
-Suites: plain, noise, nopeek, combo, post-noise, data-volume, aux-shift, all. Every run
+Suites: plain, noise, nopeek, combo, post-noise, data-volume, aux-shift, dp, dp-adaptive,
+suppress, attacks, all. Every run
 (a model, the noise on its wire and an attacker on exactly what the server sees) is
 recorded in <results-dir>/runs.csv as soon as it finishes; a second call skips finished
 runs and redoes any that was killed half-way. Tables (mean ± SE over seeds) go to

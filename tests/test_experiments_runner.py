@@ -199,6 +199,7 @@ def test_committed_report_agrees_with_the_committed_results():
     blocks = generated_blocks(REPO / "results" / "REPORT.md")
     assert blocks, "results/REPORT.md has no generated blocks"
     expected = report_blocks(summary)
+    assert set(expected) <= set(blocks), f"REPORT.md lacks the blocks {sorted(set(expected) - set(blocks))}"
     for name, body in blocks.items():
         assert body == expected[name], f"REPORT.md's '{name}' block is stale: re-run scripts/run_experiments.py"
     with open(results / SUMMARY_FILE, newline="") as file:

@@ -108,6 +108,7 @@ def test_all_expands_to_every_suite_once_and_unknown_suites_are_refused():
         "dp",
         "dp-adaptive",
         "suppress",
+        "attacks",
     ]
     assert expand_suites(["noise", "all", "noise"]) == list(SUITES)
     with pytest.raises(ConfigError, match="unknown suite 'bogus'"):
@@ -130,6 +131,7 @@ def test_the_undefended_setting_belongs_to_every_suite_but_aux_shift():
         "data-volume",
         "dp",
         "suppress",
+        "attacks",
     ]
     large_noise = RunConfig("fashion-mnist", 0, (Laplace(30.0),), aux_size=FULL.aux_size)
     assert suites_of(large_noise, FULL) == ["noise"]  # an extension value

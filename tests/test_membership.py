@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from dpsnn.attacks import MembershipScores, Queries, make_attack, query
+from dpsnn.attacks import AttackTraining, MembershipScores, Queries, make_attack, query
 from dpsnn.attacks.membership import membership_candidates, membership_signal
 from dpsnn.data import Split
 from dpsnn.errors import ConfigError, DataError
@@ -234,3 +234,23 @@ def test_bad_attack_parameters_and_data_are_clear_errors():
     empty = Queries(torch.zeros(0, *SHAPE), torch.zeros(0, dtype=torch.long), torch.zeros(0, 10))
     with pytest.raises(DataError, match="no candidate"):
         make_attack("membership-threshold").fit(target, None).run(empty)
+
+
+def test_shadow_attacks_on_one_target_share_their_shadows_when_asked(overfitted, monkeypatch):
+    import dpsnn.shadows
+
+    target, candidates, is_member, aux, _ = overfitted
+    trained = []
+    real = dpsnn.shadows.train_shadows
+    monkeypatch.setattr(dpsnn.shadows, "train_shadows", lambda *a, **k: trained.append(1) or real(*a, **k))
+    shared: dict = {}
+    training = AttackTraining(progress=False, shared=shared)
+    small = {**SMALL_SHADOWS, "epochs": 5, "attack_examples": 300}
+    logistic = make_attack("membership-classifier", {**small, "model": "logistic"}).fit(target, aux, training, seed=0)
+    knn = make_attack("membership-classifier", {**small, "model": "knn"}).fit(target, aux, training, seed=0)
+    assert len(trained) == 1 and len(shared) == 1  # the second attack reused the first one's shadows
+    assert logistic.best_params != knn.best_params  # two different attack models on them
+    make_attack("membership-classifier", {**small, "model": "knn"}).fit(target, aux, training, seed=1)
+    assert len(trained) == 2  # another seed: other shadows
+    make_attack("membership-classifier", {**small, "model": "knn"}).fit(target, aux, AttackTraining(progress=False))
+    assert len(trained) == 3  # nothing shared unless asked

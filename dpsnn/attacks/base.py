@@ -29,7 +29,7 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
@@ -127,6 +127,9 @@ class AttackTraining:
     max_steps: int | None = None  # when set, the budget is this many optimiser steps, whatever the data size
     progress: bool = True
     log_dir: str | None = None
+    #: Where the shadow attacks on one target may share what they trained (their shadows' outputs):
+    #: a dict the caller keeps for that target and its auxiliary data only, or None to share nothing.
+    shared: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
 
 DEFAULT_TRAINING = AttackTraining()
@@ -145,6 +148,9 @@ class Attack:
     name: ClassVar[str] = ""
     threat_model: ClassVar[ThreatModel] = ThreatModel()
     result: ClassVar[type] = Reconstructions
+    #: At most this many test images when an experiment scores the attack (None: all of them);
+    #: for attacks whose cost is per image, such as an optimisation per reconstruction.
+    test_images: ClassVar[int | None] = None
 
     def fit(self, target: nn.Module, aux: Any, training: AttackTraining = DEFAULT_TRAINING, seed: int = 0) -> Any:
         raise NotImplementedError

@@ -185,14 +185,24 @@ class ShadowAttack(Attack):
     def shadow_outputs(
         self, target: nn.Module, aux: Split, seed: int, training: AttackTraining = DEFAULT_TRAINING
     ) -> tuple[Tensor, Tensor]:
-        """Shadows of ``target`` trained on halves of ``aux``: their logits on it ``(S, N, C)`` and masks ``(S, N)``."""
+        """Shadows of ``target`` trained on halves of ``aux``: their logits on it ``(S, N, C)`` and masks ``(S, N)``.
+
+        With ``training.shared``, shadows trained for another attack on the same target and
+        ``aux`` with the same count, recipe and seed are reused rather than trained again.
+        """
         from dpsnn.shadows import member_masks, model_maker, train_shadows
 
-        masks = member_masks(len(aux), self.shadow_models, seed=seed)
         recipe = self.recipe(target, len(aux) // 2, training.max_steps)
+        key = ("shadow_outputs", self.shadow_models, recipe, seed, len(aux))
+        if training.shared is not None and key in training.shared:
+            return training.shared[key]  # the same shadows, already trained for another attack on this target
+        masks = member_masks(len(aux), self.shadow_models, seed=seed)
         shadows = train_shadows(model_maker(target), aux.images, aux.labels, masks, recipe, seed, training.progress)
         torch.manual_seed(seed)
-        return shadows.logits(aux.images), masks
+        outputs = shadows.logits(aux.images), masks
+        if training.shared is not None:
+            training.shared[key] = outputs
+        return outputs
 
 
 def decision_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from dpsnn import plots
+from dpsnn.attacks.base import attack_from
 from dpsnn.experiments.runner import load_samples
 from dpsnn.experiments.store import read_runs
-from dpsnn.experiments.suites import SUITES, UNDEFENDED
+from dpsnn.experiments.suites import (
+    INVERSION_ATTACKS,
+    MEMBERSHIP_ATTACKS,
+    SUITES,
+    UNDEFENDED,
+    attack_column,
+)
 from dpsnn.experiments.summary import (
     SUMMARY_FIELDS,
     best_within,
@@ -87,6 +94,19 @@ def draw_figures(results_dir: str | Path, summary: Sequence[Mapping[str, Any]]) 
             path = curve_figure(summary, name, figures / f"{name}_curves.png")
             if path:
                 drawn.append(path)
+    for family_name, (measure, title, chance) in ATTACK_FAMILIES.items():
+        panels = attack_panels(summary, measure)
+        if panels:
+            drawn.append(
+                plots.panels_per_attack(
+                    panels,
+                    figures / f"attacks_{family_name}.png",
+                    measure,
+                    title,
+                    chance=chance,
+                    title=f"Every defence against each {family_name} attack (mean ± SE over seeds)",
+                )
+            )
     for name in SUITES:
         grid = _grid_rows(results_dir, suite_table(summary, name), name)
         if grid:
@@ -114,6 +134,8 @@ def curve_figure(
 def _grid_rows(results_dir: Path, rows: Sequence[Mapping[str, Any]], suite: str) -> dict[str, Any]:
     axes = SUITES[suite].axes
     grid: dict[str, Any] = {}
+    if suite == ATTACKS_SUITE:  # a row per attack on the undefended model and on the noise that stops the decoder
+        rows = [row for row in rows if row["defence_setting"] in GRID_SETTINGS]
     for row in rows:
         samples = load_samples(results_dir, config_of(row, seed=0).key)
         if samples is None:
@@ -325,9 +347,132 @@ def suite_block(summary: Sequence[Mapping[str, Any]], suite: str) -> str:
     return markdown_table(rows) if own else not_measured(suite)
 
 
+# -- every defence against every attack ----------------------------------------------
+
+ATTACKS_SUITE = "attacks"
+GRID_SETTINGS = ("none", "noise 3")
+#: Each attack family's measure in the attacks suite, its name, and its value when nothing leaks.
+ATTACK_FAMILIES: dict[str, tuple[str, str, float]] = {
+    "inversion": ("gap_ssim", "SSIM gap (attack − label-only baseline)", 0.0),
+    "membership": ("attack_auc", "membership ROC AUC", 0.5),
+}
+
+
+def _attack_order(names: Sequence[str]) -> list[str]:
+    """``names`` in the suite's order of attacks (any other after them, sorted)."""
+    order = [attack_column(attack_from(spec)) for spec in (*INVERSION_ATTACKS, *MEMBERSHIP_ATTACKS)]
+    known = [name for name in order if name in names]
+    return known + sorted(set(names) - set(known))
+
+
+def attack_cells(summary: Sequence[Mapping[str, Any]], measure: str) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """The attacks suite's rows with ``measure``, by setting (undefended first, then by accuracy), then attack."""
+    cells: dict[str, dict[str, Mapping[str, Any]]] = {}
+    rows = [row for row in suite_table(summary, ATTACKS_SUITE) if math.isfinite(row.get(measure, math.nan))]
+    rows.sort(key=lambda row: (row["defence_setting"] != "none", -row["accuracy"]))
+    for row in rows:
+        cells.setdefault(row["defence_setting"], {})[row["attack_name"]] = row
+    return cells
+
+
+def attack_panels(summary: Sequence[Mapping[str, Any]], measure: str) -> dict[str, list[Mapping[str, Any]]]:
+    """Per attack, every defence setting's row (labelled by the setting): the panels of one family's figure."""
+    panels: dict[str, list[Mapping[str, Any]]] = {}
+    for setting, attacks in attack_cells(summary, measure).items():
+        for attack, row in attacks.items():
+            panels.setdefault(attack, []).append({**row, "label": setting})
+    return {name: panels[name] for name in _attack_order(list(panels))}
+
+
+def strongest(attacks: Mapping[str, Mapping[str, Any]], measure: str) -> tuple[str, Mapping[str, Any]]:
+    """The attack with the highest mean ``measure`` and its row."""
+    name = max(attacks, key=lambda attack: attacks[attack][measure])
+    return name, attacks[name]
+
+
+def defence_attack_table(summary: Sequence[Mapping[str, Any]], family_name: str) -> str:
+    """The defence × attack table of one family: ``measure`` (mean ± SE) per cell, and each defence's strongest."""
+    measure, title, _ = ATTACK_FAMILIES[family_name]
+    cells = attack_cells(summary, measure)
+    if not cells:
+        return f"Not measured yet: `python scripts/run_experiments.py {ATTACKS_SUITE} --seeds 3` measures it."
+    names = _attack_order(sorted({name for attacks in cells.values() for name in attacks}))
+    header = ["defence", "test accuracy", *names, "strongest", "seeds"]
+    lines = [
+        f"{title}, mean ± SE over seeds; – : not measured.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for setting, attacks in cells.items():
+        any_row = next(iter(attacks.values()))
+        best, row = strongest(attacks, measure)
+        values = [_cell(attacks[name], measure, 3) if name in attacks else "–" for name in names]
+        seeds = min(r["n_seeds"] for r in attacks.values())
+        lines.append(
+            "| "
+            + " | ".join(
+                [setting, _cell(any_row, "accuracy", 4), *values, f"**{best}** {_cell(row, measure, 3)}", str(seeds)]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _above(row: Mapping[str, Any], measure: str, level: float) -> bool:
+    """Whether ``measure`` is more than two standard errors above ``level``."""
+    se = row.get(f"{measure}_se", math.nan)
+    return math.isfinite(se) and row[measure] - 2 * se > level
+
+
+def attacks_verdict(summary: Sequence[Mapping[str, Any]]) -> str:
+    """What the strongest attacks change: the defences the default decoder under-rates, and those nothing beats."""
+    inversion = attack_cells(summary, "gap_ssim")
+    membership = attack_cells(summary, "attack_auc")
+    if not inversion and not membership:
+        return "The attacks suite has not been run yet."
+    seeds = [row["n_seeds"] for c in (inversion, membership) for attacks in c.values() for row in attacks.values()]
+    if min(seeds) < 2:
+        return "Measured so far on too few seeds for a verdict (two or more give a standard error)."
+    sentences = []
+    underrated, holding = [], []
+    for setting, attacks in inversion.items():
+        name, best = strongest(attacks, "gap_ssim")
+        decoder = attacks.get("decoder")
+        if decoder is not None and name != "decoder":
+            difference = best["gap_ssim"] - decoder["gap_ssim"]
+            if difference > 2 * math.hypot(best["gap_ssim_se"], decoder["gap_ssim_se"]):
+                underrated.append(f"{setting} ({name}: +{difference:.3f})")
+        if not _above(best, "gap_ssim", 0.0):
+            holding.append(setting)
+    sentences.append(
+        f"Against {len(inversion)} settings, the strongest inversion attack beats the default decoder's SSIM gap by "
+        f"more than two standard errors on {len(underrated)}" + (f": {', '.join(underrated)}." if underrated else ".")
+    )
+    sentences.append(
+        "No inversion attack tried beats the label-only baseline on "
+        + (", ".join(holding) if holding else "any setting")
+        + (": **there the defence holds against every inversion attack tried.**" if holding else ".")
+    )
+    leaking = [
+        setting
+        for setting, attacks in membership.items()
+        if _above(strongest(attacks, "attack_auc")[1], "attack_auc", 0.5)
+    ]
+    if membership:
+        sentences.append(
+            f"Membership: the strongest attack's ROC AUC is more than two standard errors above chance (0.5) on "
+            f"{len(leaking)} of {len(membership)} settings" + (f" ({', '.join(leaking)})." if leaking else ".")
+        )
+    return " ".join(sentences)
+
+
 def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """The generated sections of the report, by name: one table per suite and the verdict."""
     blocks = {suite: suite_block(summary, suite) for suite in SUITES}
+    blocks[ATTACKS_SUITE] = defence_attack_table(summary, "inversion")
+    blocks["attacks-membership"] = defence_attack_table(summary, "membership")
+    blocks["verdict-attacks"] = attacks_verdict(summary)
     front = pareto_front(frontier_points(summary))
     blocks["frontier"] = markdown_table(front) if front else "Not measured yet: no suite has a run recorded."
     blocks["reference"] = reference_table(summary)

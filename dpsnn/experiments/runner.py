@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dpsnn.attacks.base import AttackTraining, MembershipScores, Reconstructions, attack_from
-from dpsnn.checkpoints import VALIDATORS_DIR, load_classifier, save_checkpoint
+from dpsnn.attacks.best_of import DECODER_ATTACKS
+from dpsnn.checkpoints import VALIDATORS_DIR, load_attacker, load_classifier, save_checkpoint
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, ensure_dataset, make_splits
 from dpsnn.errors import DataError, TrainingDiverged
 from dpsnn.evaluation import evaluate_attack, evaluate_classifier, evaluate_membership, reconstruct
@@ -53,6 +54,7 @@ from dpsnn.files import atomic_path
 from dpsnn.models import SplitNN
 from dpsnn.training import obtain_validator, train_classifier
 
+ATTACKERS_DIR = "attackers"  # under models_dir: the fitted decoders, for best-of to choose among
 N_SAMPLES = 8  # test images whose reconstructions are kept (first seed only) for the figures
 
 
@@ -101,6 +103,7 @@ class ExperimentRunner:
         self.results_dir, self.models_dir = Path(self.results_dir), Path(self.models_dir)
         self._splits: dict[tuple[str, int], Splits] = {}
         self._code = current_code_version()
+        self._shared: tuple[str, dict[Any, Any]] = ("", {})  # what the shadow attacks on one target share
 
     # -- planning -------------------------------------------------------------------
 
@@ -250,16 +253,18 @@ class ExperimentRunner:
             target.set_wire(config.inference_defences)
         attacker_aux, baseline_aux, test = self.attack_data(config, splits)
         started = time.perf_counter()
-        row |= {"n_aux": len(attacker_aux), "n_test": len(test)}
         row |= evaluate_classifier(target, test, seed=config.seed)
+        test = test.subset(config.attack.test_images)  # accuracy is on every test image, the attack maybe on fewer
+        row |= {"n_aux": len(attacker_aux), "n_test": len(test)}
         training = AttackTraining(
             learning_rate=self.budget.learning_rate,
             batch_size=self.budget.batch_size,
             max_steps=self.budget.attack_steps,
             progress=self.progress,
+            shared=self.shared_with(config),
         )
         try:
-            attacker = config.attack.fit(target, attacker_aux, training, seed=config.seed)
+            attacker = self.fit_attack(config, target, attacker_aux, training)
         except TrainingDiverged as error:
             return row | {"status": "diverged", "note": str(error), "attack_seconds": time.perf_counter() - started}
         if issubclass(config.attack.result, MembershipScores):
@@ -278,6 +283,44 @@ class ExperimentRunner:
         if config.seed == 0 and issubclass(config.attack.result, Reconstructions):
             self._keep_samples(config, target, attacker, test, baseline_aux)
         return row
+
+    def attacker_path(self, config: RunConfig) -> Path:
+        """Where the fitted attacker of ``config`` is kept (attacks with weights of their own)."""
+        return self.models_dir / ATTACKERS_DIR / f"{config.key}_{self.budget.name}.ckpt"
+
+    def shared_with(self, config: RunConfig) -> dict[Any, Any]:
+        """What the shadow attacks on ``config``'s target, wire and auxiliary data share (the latest one's only)."""
+        scope = replace(config, attack="chance").key  # everything but the attack
+        if self._shared[0] != scope:
+            self._shared = (scope, {})
+        return self._shared[1]
+
+    def fit_attack(self, config: RunConfig, target: SplitNN, aux: Split, training: AttackTraining) -> Any:
+        """``config``'s attack fitted on ``aux``; an attacker with weights is kept for ``best-of`` to reuse.
+
+        ``best-of`` chooses among the decoders that the runs of the same target on the first
+        ``len(aux) · (1 - holdout)`` auxiliary images fitted (reloaded, or fitted and kept now).
+        """
+        if config.attack.name == "best-of":
+            fit_part, _ = config.attack.split_aux(aux)
+            members = {
+                name: self.fitted_member(
+                    replace(config, attack=name, aux_size=len(fit_part)), target, fit_part, training
+                )
+                for name in DECODER_ATTACKS
+            }
+            return config.attack.fit(target, aux, training, seed=config.seed, members=members)
+        attacker = config.attack.fit(target, aux, training, seed=config.seed)
+        if isinstance(attacker, nn.Module) and config.attack.name in DECODER_ATTACKS:
+            save_checkpoint(attacker, self.attacker_path(config), "attacker", 0)
+        return attacker
+
+    def fitted_member(self, config: RunConfig, target: SplitNN, aux: Split, training: AttackTraining) -> Any:
+        """The decoder of ``config`` as its own run fitted it, or fitted now on ``aux`` just as that run would."""
+        path = self.attacker_path(config)
+        if path.is_file():
+            return load_attacker(path)
+        return self.fit_attack(config, target, aux, training)
 
     def score_membership(
         self, config: RunConfig, target: SplitNN, attacker: Any, splits: Splits, test: Split

@@ -20,6 +20,7 @@ summaries and the report need no edit. Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -341,12 +342,19 @@ class Suite:
 
     def holds(self, config: RunConfig, budget: Budget) -> bool:
         """Whether ``config`` is one of this suite's settings (extensions included) on ``budget``."""
-        args = (config.dataset, budget, config.seed, config.other_dataset)
-        return config in self.configs(*args) + self.extension_configs(*args)
+        return config in _settings_of(self, config.dataset, budget, config.seed, config.other_dataset)
 
     def values(self, config: RunConfig) -> tuple[Any, ...]:
         """What this suite varies, read off ``config`` (one value per axis)."""
         return tuple(axis.value(config) for axis in self.axes)
+
+
+@functools.lru_cache(maxsize=256)
+def _settings_of(suite: Suite, dataset: str, budget: Budget, seed: int, other: str | None) -> frozenset[RunConfig]:
+    """Every configuration of ``suite`` (extensions included), built once per dataset, budget and seed."""
+    return frozenset(
+        suite.configs(dataset, budget, seed, other) + suite.extension_configs(dataset, budget, seed, other)
+    )
 
 
 SUITES: dict[str, Suite] = {}
@@ -629,5 +637,94 @@ register_suite(
         axes=(Axis("sparse_end", "final sparsity of the client's layers", defence_param("suppress", "sparse_end")),),
         frontier=True,
         curves=(ACCURACY_PANEL, SSIM_PANEL),
+    )
+)
+
+
+# -- every defence against every attack ---------------------------------------------------------
+
+#: The defended settings the attacks suite measures, by label: each is a point of another suite
+#: (so its trained model and its ``decoder`` run are shared with it), built for a context.
+ATTACKED_SETTINGS: dict[str, Callable[[Context], RunConfig]] = {
+    "none": lambda context: context.undefended(),
+    "noise 3": lambda context: trained_with("laplace")(context, 3.0),
+    "NoPeek 1": lambda context: trained_with("nopeek")(context, 1.0),
+    "noise 0.5 + NoPeek 0.5": lambda context: trained_with("laplace", "nopeek")(context, (0.5, 0.5)),
+    **{
+        f"DP-SGD ε {epsilon:g}": (lambda context, epsilon=epsilon: trained_with("dp")(context, epsilon))
+        for epsilon in DP_EPSILONS
+        if math.isfinite(epsilon)
+    },
+    **{
+        f"suppress {sparsity:g}": (lambda context, sparsity=sparsity: _suppress(context, sparsity))
+        for sparsity in SPARSITIES
+        if sparsity
+    },
+}
+#: Every inversion attack; ``best-of`` chooses among the four decoders (see :func:`_attacked`).
+INVERSION_ATTACKS = ("decoder", "decoder-large", "decoder-ssim", "decoder-label", "best-of", "whitebox")
+#: Every membership attack: the threshold attacks need no shadows for their ROC; the four trained
+#: attack models share one set of shadows per target; LiRA trains its own (online).
+MEMBERSHIP_ATTACKS = (
+    *(f"membership-threshold(signal={signal})" for signal in ("loss", "confidence", "entropy")),
+    *(f"membership-classifier(model={model})" for model in ("logistic", "knn", "mlp", "forest")),
+    "lira",
+)
+#: The quick grid: two settings, and shadow attacks with few, short-trained shadows.
+QUICK_ATTACKED_SETTINGS = ("none", "noise 3")
+QUICK_ATTACKS = (
+    *INVERSION_ATTACKS,
+    "membership-threshold(signal=loss)",
+    "membership-classifier(model=logistic,shadow_models=2,epochs=1)",
+    "lira(shadow_models=2,epochs=1)",
+)
+
+
+def attack_column(attack: Attack) -> str:
+    """A short name for ``attack`` in the attacks suite's tables: ``decoder-ssim``, ``threshold (loss)``, ``LiRA``."""
+    params = attack.params()
+    if attack.name == "membership-threshold":
+        return f"threshold ({params['signal']})"
+    if attack.name == "membership-classifier":
+        return f"{params['model']} on shadows"
+    if attack.name == "lira":
+        return f"LiRA {params['mode']}"
+    return attack.name
+
+
+def best_of_aux_size(aux_size: int, holdout: float) -> int:
+    """The auxiliary images ``best-of`` is given so that it fits its decoders on exactly ``aux_size`` of them."""
+    return math.ceil(aux_size / (1 - holdout))
+
+
+def _attacked(context: Context, value: tuple[str, str]) -> RunConfig:
+    """Setting ``value[0]`` under attack ``value[1]``.
+
+    ``best-of`` gets its decoders' auxiliary images plus its held-out share: its decoders are
+    then fitted on the very images the four decoder runs beside it were, and the runner
+    reuses them instead of fitting them again (see :meth:`ExperimentRunner.measure`).
+    """
+    setting, attack = value
+    config = replace(ATTACKED_SETTINGS[setting](context), attack=attack)
+    if config.attack.name == "best-of":
+        config = replace(config, aux_size=best_of_aux_size(config.aux_size, config.attack.holdout))
+    return config
+
+
+register_suite(
+    Suite(
+        "attacks",
+        "every inversion and membership attack against a setting of every defence: each defence is judged by "
+        "its strongest attack",
+        "defences against every attack",
+        _attacked,
+        {
+            "full": Grid(tuple((s, a) for s in ATTACKED_SETTINGS for a in INVERSION_ATTACKS + MEMBERSHIP_ATTACKS)),
+            "quick": Grid(tuple((s, a) for s in QUICK_ATTACKED_SETTINGS for a in QUICK_ATTACKS)),
+        },
+        axes=(
+            Axis("defence_setting", "defence", lambda config: config.label()),
+            Axis("attack_name", "attack", lambda config: attack_column(config.attack)),
+        ),
     )
 )
