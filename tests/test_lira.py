@@ -305,3 +305,19 @@ def test_offline_lira_trains_its_shadows_on_aux_alone(overfitted):
     assert isinstance(result, MembershipScores) and result.scores.shape == (2 * N_MEMBERS,)
     assert torch.isfinite(result.scores).all()
     assert not fitted.statistics.in_mask.any() and fitted.statistics.fit_in is None
+
+
+def test_a_step_cap_counts_the_images_the_shadows_really_train_on(overfitted, monkeypatch):
+    import dpsnn.shadows
+
+    target, aux, queries, _ = overfitted
+    recipes = []
+    real = dpsnn.shadows.train_shadows
+    monkeypatch.setattr(dpsnn.shadows, "train_shadows", lambda *a, **k: recipes.append(k["recipe"]) or real(*a, **k))
+    capped = AttackTraining(progress=False, max_steps=12)
+    spec = {"shadow_models": 2, "epochs": 60, "batch_size": 32}
+    make_attack("lira", {**spec, "mode": "online"}).fit(target, aux, capped, seed=0).run(queries)
+    make_attack("lira", {**spec, "mode": "offline"}).fit(target, aux, capped, seed=0)
+    # Online: aux and the candidates, 576 images, 288 per shadow, 9 batches: 2 epochs fit 12 steps (rounded up).
+    # Offline: aux alone, 32 per shadow, 1 batch: 12 epochs.
+    assert [recipe.epochs for recipe in recipes] == [math.ceil(12 / 9), 12]

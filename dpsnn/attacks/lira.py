@@ -189,7 +189,13 @@ class FittedLira:
     """
 
     def __init__(
-        self, spec: Lira, make_model: Callable[[], nn.Module], aux: Split, recipe: Any, seed: int, progress: bool
+        self,
+        spec: Lira,
+        make_model: Callable[[], nn.Module],
+        aux: Split,
+        recipe: Callable[[int], Any],
+        seed: int,
+        progress: bool,
     ) -> None:
         self.spec, self.make_model, self.aux, self.recipe = spec, make_model, aux, recipe
         self.seed, self.progress = seed, progress
@@ -204,7 +210,13 @@ class FittedLira:
 
         masks = member_masks(len(labels), self.spec.shadow_models, seed=self.seed)
         return train_shadows(
-            self.make_model, images, labels, masks, recipe=self.recipe, seed=self.seed, progress=self.progress
+            self.make_model,
+            images,
+            labels,
+            masks,
+            recipe=self.recipe(len(labels) // 2),  # each shadow trains on half of what it is given
+            seed=self.seed,
+            progress=self.progress,
         )
 
     def _online_shadows(self, queries: Queries) -> Tensor:
@@ -272,7 +284,11 @@ class Lira(ShadowAttack):
         from dpsnn.shadows import model_maker
 
         aux = _as_split(aux)
-        recipe = self.recipe(target, len(aux) // 2, training.max_steps)
+
+        def recipe(members: int) -> Any:
+            # Online, the shadows train on aux and the candidates: the step cap is counted on what they get.
+            return self.recipe(target, members, training.max_steps)
+
         return FittedLira(self, model_maker(target), aux, recipe, seed, training.progress)
 
 
