@@ -110,7 +110,8 @@ def test_shadow_attacks_on_one_target_share_a_scope_and_other_targets_do_not(fas
 
 
 def _summary_row(setting: str, attack: str, accuracy: float, gaps: tuple[float, float] = (), aucs=()) -> dict:
-    row = {"suites": "attacks", "defence_setting": setting, "attack_name": attack, "accuracy": accuracy}
+    suites = "plain noise attacks" if attack == "decoder" else "attacks"  # decoder runs are shared
+    row = {"suites": suites, "defence_setting": setting, "attack_name": attack, "accuracy": accuracy}
     row |= {"accuracy_se": 0.001, "n_seeds": 3, "n_diverged": 0}
     if gaps:
         row |= {"gap_ssim": gaps[0], "gap_ssim_se": gaps[1]}
@@ -138,9 +139,17 @@ def test_the_defence_attack_tables_name_each_defences_strongest_attack(monkeypat
     membership = defence_attack_table(rows, "membership")
     assert "**LiRA online** 0.560 ± 0.005" in membership and "decoder" not in membership
     verdict = attacks_verdict(rows)
-    assert "more than two standard errors on 1: noise 3 (best-of: +0.090)" in verdict
-    assert "on any setting" in verdict  # every setting leaks to some inversion attack
-    assert "above chance (0.5) on 1 of 2 settings (none)" in verdict
+    assert "Of 3 setting(s)" in verdict and "more than two standard errors on 1: noise 3 (best-of: +0.090)" in verdict
+    assert "beats the label-only baseline on every defended setting" in verdict
+    assert "above chance (0.5) on 1 of 2 setting(s) (none)." in verdict
+    # A defence that no attack beats: said of it, and only of defended settings.
+    closed = [r for r in rows if r["defence_setting"] != "noise 3"]
+    closed.append(_summary_row("noise 3", "best-of", 0.80, gaps=(0.01, 0.01)))
+    closed.append(_summary_row("noise 3", "decoder", 0.80, gaps=(-0.01, 0.01)))
+    assert "on noise 3: **there the defence holds against every inversion attack tried.**" in attacks_verdict(closed)
+    # The decoder runs it shares with other suites alone do not make the suite measured.
+    shared_only = [r for r in rows if r["attack_name"] == "decoder"]
+    assert defence_attack_table(shared_only, "inversion").startswith("Not measured yet")
 
 
 def test_the_attack_tables_say_when_nothing_was_measured(monkeypatch):
@@ -150,6 +159,6 @@ def test_the_attack_tables_say_when_nothing_was_measured(monkeypatch):
     assert blocks["attacks"] == defence_attack_table([], "inversion")
     assert blocks["attacks-membership"].startswith("Not measured yet")
     assert blocks["verdict-attacks"] == attacks_verdict([])
-    one_seed = [{**_summary_row("none", "decoder", 0.89, gaps=(0.28, math.nan)), "n_seeds": 1}]
+    one_seed = [{**_summary_row("none", "decoder-ssim", 0.89, gaps=(0.28, math.nan)), "n_seeds": 1}]
     monkeypatch.setattr("dpsnn.experiments.report.suite_table", lambda summary, suite: list(summary))
     assert "too few seeds" in attacks_verdict(one_seed)

@@ -366,9 +366,16 @@ def _attack_order(names: Sequence[str]) -> list[str]:
 
 
 def attack_cells(summary: Sequence[Mapping[str, Any]], measure: str) -> dict[str, dict[str, Mapping[str, Any]]]:
-    """The attacks suite's rows with ``measure``, by setting (undefended first, then by accuracy), then attack."""
+    """The attacks suite's rows with ``measure``, by setting (undefended first, then by accuracy), then attack.
+
+    Empty until the suite has a run of its own: the decoder runs it shares with other suites
+    alone do not make it measured.
+    """
+    table = suite_table(summary, ATTACKS_SUITE)
+    if not any(row["suites"].split() == [ATTACKS_SUITE] for row in table):
+        return {}
     cells: dict[str, dict[str, Mapping[str, Any]]] = {}
-    rows = [row for row in suite_table(summary, ATTACKS_SUITE) if math.isfinite(row.get(measure, math.nan))]
+    rows = [row for row in table if math.isfinite(row.get(measure, math.nan))]
     rows.sort(key=lambda row: (row["defence_setting"] != "none", -row["accuracy"]))
     for row in rows:
         cells.setdefault(row["defence_setting"], {})[row["attack_name"]] = row
@@ -405,7 +412,7 @@ def defence_attack_table(summary: Sequence[Mapping[str, Any]], family_name: str)
         "|" + "---|" * len(header),
     ]
     for setting, attacks in cells.items():
-        any_row = next(iter(attacks.values()))
+        any_row = max(attacks.values(), key=lambda row: row["n_seeds"])  # every attack's model is the same
         best, row = strongest(attacks, measure)
         values = [_cell(attacks[name], measure, 3) if name in attacks else "–" for name in names]
         seeds = min(r["n_seeds"] for r in attacks.values())
@@ -423,6 +430,10 @@ def _above(row: Mapping[str, Any], measure: str, level: float) -> bool:
     """Whether ``measure`` is more than two standard errors above ``level``."""
     se = row.get(f"{measure}_se", math.nan)
     return math.isfinite(se) and row[measure] - 2 * se > level
+
+
+def _settings(names: Sequence[str]) -> str:
+    return "; ".join(names)  # labels may hold commas ("DP-SGD ε 1, C 1")
 
 
 def attacks_verdict(summary: Sequence[Mapping[str, Any]]) -> str:
@@ -443,26 +454,29 @@ def attacks_verdict(summary: Sequence[Mapping[str, Any]]) -> str:
             difference = best["gap_ssim"] - decoder["gap_ssim"]
             if difference > 2 * math.hypot(best["gap_ssim_se"], decoder["gap_ssim_se"]):
                 underrated.append(f"{setting} ({name}: +{difference:.3f})")
-        if not _above(best, "gap_ssim", 0.0):
+        if setting != "none" and not any(_above(row, "gap_ssim", 0.0) for row in attacks.values()):
             holding.append(setting)
+    defended = [setting for setting in inversion if setting != "none"]
     sentences.append(
-        f"Against {len(inversion)} settings, the strongest inversion attack beats the default decoder's SSIM gap by "
-        f"more than two standard errors on {len(underrated)}" + (f": {', '.join(underrated)}." if underrated else ".")
+        f"Of {len(inversion)} setting(s), the strongest inversion attack beats the default decoder's SSIM gap by "
+        f"more than two standard errors on {len(underrated)}" + (f": {_settings(underrated)}." if underrated else ".")
     )
-    sentences.append(
-        "No inversion attack tried beats the label-only baseline on "
-        + (", ".join(holding) if holding else "any setting")
-        + (": **there the defence holds against every inversion attack tried.**" if holding else ".")
-    )
+    if holding:
+        sentences.append(
+            f"No inversion attack tried beats the label-only baseline by more than two standard errors on "
+            f"{_settings(holding)}: **there the defence holds against every inversion attack tried.**"
+        )
+    elif defended:
+        sentences.append("**Some inversion attack beats the label-only baseline on every defended setting.**")
     leaking = [
         setting
         for setting, attacks in membership.items()
-        if _above(strongest(attacks, "attack_auc")[1], "attack_auc", 0.5)
+        if any(_above(row, "attack_auc", 0.5) for row in attacks.values())
     ]
     if membership:
         sentences.append(
-            f"Membership: the strongest attack's ROC AUC is more than two standard errors above chance (0.5) on "
-            f"{len(leaking)} of {len(membership)} settings" + (f" ({', '.join(leaking)})." if leaking else ".")
+            f"Membership: some attack's ROC AUC is more than two standard errors above chance (0.5) on "
+            f"{len(leaking)} of {len(membership)} setting(s)" + (f" ({_settings(leaking)})." if leaking else ".")
         )
     return " ".join(sentences)
 
