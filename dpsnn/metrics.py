@@ -9,7 +9,8 @@ reflection and averages over the padded border too: on 28×28 images a third of 
 pixels lie within 5 pixels of the edge, and its figures are not comparable with
 published ones.
 
-Per-image metrics (MSE, PSNR, SSIM, Validator correctness) return one value per image;
+Per-image metrics (MSE, PSNR, SSIM, MindArmour's L2 distance ratio, the Validator's
+correctness and its confidence in the true label) return one value per image;
 distance correlation is a property of a batch and returns one value per batch. All
 images are in ``[0, 1]`` pixel space. :func:`mean_and_se` reduces either to
 ``(mean, standard error)``. Example::
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dpsnn.errors import DataError
-from dpsnn.inference import predict
+from dpsnn.inference import batched, predict
 from dpsnn.stats import distance_correlation
 
 DCOR_BATCH_SIZE = 256  # dCor is a batch statistic: every script measures it at this size
@@ -120,6 +121,22 @@ def per_image_correct(classifier: torch.nn.Module, images: Tensor, labels: Tenso
     return (predict(classifier, images, batch_size) == labels).float()
 
 
+#: MindArmour's guard against an all-zero original in the L2 distance ratio.
+L2_RATIO_EPSILON = 1e-14
+
+
+def per_image_l2_ratio(reconstructions: Tensor, originals: Tensor) -> Tensor:
+    """MindArmour's L2 distance ratio ``‖x̂ − x‖₂ / ‖x‖₂`` per image (0 is perfect; lower is better)."""
+    gap = (reconstructions.double() - originals.double()).flatten(1).norm(dim=1)
+    return gap / (originals.double().flatten(1).norm(dim=1) + L2_RATIO_EPSILON)
+
+
+def per_image_confidence(classifier: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> Tensor:
+    """The softmax probability ``classifier`` gives each image's true label (MindArmour's third score)."""
+    probabilities = F.softmax(batched(classifier, images, batch_size=batch_size).double(), dim=1)
+    return probabilities[torch.arange(len(labels)), labels.cpu()]
+
+
 def reconstruction_metrics(
     reconstructions: Tensor,
     originals: Tensor,
@@ -133,8 +150,10 @@ def reconstruction_metrics(
         "ssim": per_image_ssim(reconstructions, originals),
         "dcor": per_batch_dcor(originals, reconstructions),
     }
+    measured["l2_ratio"] = per_image_l2_ratio(reconstructions, originals)
     if validator is not None:
         measured["validator_acc"] = per_image_correct(validator, reconstructions, labels)
+        measured["validator_confidence"] = per_image_confidence(validator, reconstructions, labels)
     return measured
 
 

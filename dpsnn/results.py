@@ -98,16 +98,30 @@ def check_columns(
 
 
 def append_rows(
-    path: str | Path, rows: Iterable[Mapping[str, Any]], legacy: Mapping[tuple[str, ...], Upgrade] | None = None
+    path: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    legacy: Mapping[tuple[str, ...], Upgrade] | None = None,
+    key_columns: Sequence[str] = (),
 ) -> Path:
     """Add ``rows`` to the table at ``path``; its columns must be the table's columns.
 
     Rows under a header of ``legacy`` (an older schema, by its first columns) are upgraded
-    by its function first, with a line saying so; any other header is a :class:`ResultsError`.
+    by its function first, with a line saying so. With ``key_columns`` (the columns that
+    say what a row is, before its metrics), a table and rows that both start with them may
+    differ in their metrics: the table gains the new metric columns (empty in its earlier
+    rows), with a line saying so. Any other header is a :class:`ResultsError`.
     """
     path, rows = Path(path), list(rows)
     columns = _columns(rows)
-    existing, upgraded = _existing_rows(path, columns, legacy, prefix_only=False)
+    header, _ = read_table(path)
+    keys = list(key_columns)
+    added: list[str] = []
+    if keys and header[: len(keys)] == keys and columns[: len(keys)] == keys:
+        added = [column for column in columns if column not in header]
+        columns = header + added
+    existing, upgraded = _existing_rows(path, columns[: len(columns) - len(added)], legacy, prefix_only=False)
+    if added and header:
+        print(f"added the column(s) {', '.join(added)} to {path}")
     written = write_table(path, [*existing, *rows], columns)
     if upgraded:
         count = f"{len(existing)} earlier row{'s' if len(existing) != 1 else ''}"

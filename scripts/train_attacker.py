@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": seed,
         **measured,
     }
-    append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row})
+    append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row}, key_columns=COLUMNS)
     print(f"saved {path}" if path else f"attack '{args.attack.name}' has no weights of its own: scored, not saved")
     print(f"attack: {args.attack.label()}; target trained with {label(target.defences)}; wire: {label(wire_specs)}")
     print(f"scored on {measured['n_test']} test images")

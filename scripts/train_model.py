@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "val_dcor_se": measured["dcor_se"],
         "measures": measures_text(measures),
     }
-    append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row})
+    append_rows(table, [row], {LEGACY_COLUMNS: upgrade_legacy_row}, key_columns=COLUMNS)
     print(f"saved {path}")
     print(f"architecture: {args.architecture}; defences: {label(model.defences)}")
     print(f"val accuracy: {format_measure(row, 'val_accuracy')}")

@@ -173,9 +173,17 @@ def test_reconstructions_name_the_metrics_they_measure():
     g = torch.Generator().manual_seed(2)
     truth = Split(torch.rand(8, 1, 28, 28, generator=g), torch.arange(8) % 10)
     result = Reconstructions(truth.images * 0.5)
-    assert set(result.measure(truth)) == set(Reconstructions.metrics) - {"validator_acc"}
+    assert set(result.measure(truth)) == set(Reconstructions.metrics) - {"validator_acc", "validator_confidence"}
     validator = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     measured = result.measure(truth, validator)
     assert set(measured) == set(Reconstructions.metrics)
-    assert measured["validator_acc"].shape == (8,)
+    assert measured["validator_acc"].shape == measured["validator_confidence"].shape == (8,)
+    # MindArmour's L2 distance ratio: half of every pixel is off by half of it.
+    torch.testing.assert_close(measured["l2_ratio"], torch.full((8,), 0.5, dtype=torch.float64))
+    # The Validator's confidence is the softmax probability of the true label, and it is right where that is largest.
+    probabilities = validator(result.images).softmax(dim=1)
+    expected = probabilities[torch.arange(8), truth.labels].double()
+    torch.testing.assert_close(measured["validator_confidence"], expected, rtol=1e-6, atol=1e-7)
+    argmax_right = (probabilities.argmax(dim=1) == truth.labels).float()
+    torch.testing.assert_close(measured["validator_acc"], argmax_right)
     assert Reconstructions.baseline == "label-only"

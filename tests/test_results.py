@@ -28,6 +28,25 @@ def test_another_schema_is_refused_and_the_table_kept(tmp_path):
     assert path.read_text() == before
 
 
+def test_rows_with_new_metrics_add_columns_when_they_say_what_they_are_alike(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    append_rows(path, [{"model": "a", "ssim": 0.5}], key_columns=("model",))
+    append_rows(path, [{"model": "b", "ssim": 0.6, "l2_ratio": 0.3}], key_columns=("model",))
+    assert "added the column(s) l2_ratio" in capsys.readouterr().out
+    append_rows(path, [{"model": "c", "l2_ratio": 0.2}], key_columns=("model",))  # a metric fewer: left empty
+    header, rows = read_table(path)
+    assert header == ["model", "ssim", "l2_ratio"]
+    assert [(r["model"], r["ssim"], r["l2_ratio"]) for r in rows] == [
+        ("a", "0.5", ""),
+        ("b", "0.6", "0.3"),
+        ("c", "", "0.2"),
+    ]
+    before = path.read_text()
+    with pytest.raises(ResultsError, match="another version of its schema"):  # other key columns: refused
+        append_rows(path, [{"name": "d", "ssim": 0.5}], key_columns=("name",))
+    assert path.read_text() == before
+
+
 class Unprintable:
     def __str__(self) -> str:
         raise RuntimeError("disk full")

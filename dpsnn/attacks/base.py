@@ -82,7 +82,15 @@ class Reconstructions:
 
     images: Tensor
     baseline: ClassVar[str] = "label-only"
-    metrics: ClassVar[tuple[str, ...]] = ("mse", "psnr", "ssim", "dcor", "validator_acc")
+    metrics: ClassVar[tuple[str, ...]] = (
+        "mse",
+        "psnr",
+        "ssim",
+        "dcor",
+        "validator_acc",
+        "l2_ratio",
+        "validator_confidence",
+    )
 
     def measure(self, truth: Any, validator: nn.Module | None = None) -> dict[str, Tensor]:
         """Every metric, unreduced (per image; per batch for dCor), against ``truth``'s images and labels."""

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dpsnn.attacks.base import (
@@ -64,15 +63,14 @@ from dpsnn.attacks.base import (
 )
 from dpsnn.defences.base import value_key
 from dpsnn.errors import ConfigError, DataError
-from dpsnn.inference import batched, device_of
-from dpsnn.metrics import per_image_ssim
+from dpsnn.inference import device_of
+from dpsnn.metrics import per_image_confidence, per_image_l2_ratio, per_image_ssim
 
 OPTIMIZERS = ("adam", "sign")
 #: ``uniform``: U[0, 0.05) per pixel, MindArmour's start; ``zeros``: black; ``gray``: 0.5 everywhere.
 STARTS = ("uniform", "zeros", "gray")
 UNIFORM_START_SCALE = 0.05
 MIN_TARGET_POWER = 1e-12  # MSE(t, 0) of an all-zero target would divide by zero
-L2_RATIO_EPSILON = 1e-14  # MindArmour's guard against an all-zero original
 
 
 def total_variation(images: Tensor) -> Tensor:
@@ -276,14 +274,12 @@ def mindarmour_scores(
             f"scoring needs one reconstruction and one label per original, got {tuple(reconstructions.shape)}, "
             f"{tuple(originals.shape)} and {len(labels)} labels"
         )
-    gap = (reconstructions.double() - originals.double()).flatten(1).norm(dim=1)
     scores = {
-        "l2_ratio": gap / (originals.double().flatten(1).norm(dim=1) + L2_RATIO_EPSILON),
+        "l2_ratio": per_image_l2_ratio(reconstructions, originals),
         "ssim": per_image_ssim(reconstructions, originals),
     }
     if classifier is not None:
-        probabilities = F.softmax(batched(classifier, reconstructions).double(), dim=1)
-        scores["confidence"] = probabilities[torch.arange(len(labels)), labels.cpu()]
+        scores["confidence"] = per_image_confidence(classifier, reconstructions, labels)
     return scores
 
 
