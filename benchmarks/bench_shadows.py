@@ -27,6 +27,7 @@ figures depend on (an idle machine, threads, memory allocation) are in ``benchma
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -54,7 +55,7 @@ from dpsnn.shadows import ShadowRecipe, member_masks, train_shadows, train_shado
 
 TARGET = 4.0
 ARCHITECTURES = ("reference", "mlp")
-TRAINERS = {"together": train_shadows, "one-by-one": train_shadows_one_by_one}
+TRAINERS = {"together": functools.partial(train_shadows, strategy="together"), "one-by-one": train_shadows_one_by_one}
 
 
 def model_factory(architecture: str, image_size: int, device: torch.device) -> Callable[[], nn.Module]:

@@ -13,6 +13,7 @@ from dpsnn.models import SplitNN
 from dpsnn.shadows import (
     ShadowRecipe,
     batch_schedule,
+    choose_strategy,
     member_masks,
     model_maker,
     train_shadows,
@@ -83,7 +84,7 @@ def test_two_shadows_trained_together_equal_two_separate_adam_runs():
     masks = member_masks(len(data), 2, seed=0)
     recipe = ShadowRecipe(epochs=3, batch_size=8, learning_rate=1e-3, weight_decay=1e-3)
     make = lambda: SplitNN("reference", input_shape=SHAPE)  # noqa: E731
-    together = train_shadows(make, data.images, data.labels, masks, recipe, seed=5)
+    together = train_shadows(make, data.images, data.labels, masks, recipe, seed=5, strategy="together")
     apart = train_shadows_one_by_one(make, data.images, data.labels, masks, recipe, seed=5)
     assert len(together) == len(apart) == 2
     for name, value in together.params.items():
@@ -141,7 +142,7 @@ def test_batch_norm_statistics_are_trained_per_shadow():
     masks = member_masks(len(data), 2, seed=0)
     make = lambda: SplitNN("cifar-cnn", input_shape=(3, 8, 8))  # noqa: E731
     recipe = ShadowRecipe(epochs=1, batch_size=8)
-    together = train_shadows(make, data.images, data.labels, masks, recipe)
+    together = train_shadows(make, data.images, data.labels, masks, recipe, strategy="together")
     apart = train_shadows_one_by_one(make, data.images, data.labels, masks, recipe)
     means = together.buffers["client.1.running_mean"]
     assert not torch.allclose(means[0], means[1])  # each shadow's own batches
@@ -149,6 +150,26 @@ def test_batch_norm_statistics_are_trained_per_shadow():
     assert torch.equal(together.buffers["client.1.num_batches_tracked"], torch.tensor([steps, steps]))
     # Zero-gradient biases before BatchNorm make Adam amplify rounding, so only close, not equal.
     torch.testing.assert_close(means, apart.buffers["client.1.running_mean"], atol=1e-3, rtol=0)
+
+
+def test_auto_trains_convolutional_shadows_one_by_one_on_the_cpu_and_others_together(monkeypatch):
+    import dpsnn.shadows as shadows_module
+
+    assert choose_strategy(SplitNN("reference", input_shape=SHAPE)) == "one-by-one"
+    assert choose_strategy(mlp()) == "together"
+    used = []
+    for name in ("_train_together", "_train_one_by_one"):
+        real = getattr(shadows_module, name)
+        monkeypatch.setattr(shadows_module, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
+    data = prototypes_split(16, seed=4)
+    masks = member_masks(len(data), 2, seed=0)
+    recipe = ShadowRecipe(epochs=1, batch_size=8)
+    train_shadows(lambda: SplitNN("reference", input_shape=SHAPE), data.images, data.labels, masks, recipe)
+    train_shadows(mlp, data.images, data.labels, masks, recipe)
+    train_shadows(mlp, data.images, data.labels, masks, recipe, strategy="one-by-one")
+    assert used == ["_train_one_by_one", "_train_together", "_train_one_by_one"]
+    with pytest.raises(ConfigError, match="unknown shadow training strategy 'fast'"):
+        train_shadows(mlp, data.images, data.labels, masks, recipe, strategy="fast")
 
 
 def test_the_target_recipe_rebuilds_a_split_network_and_resets_other_models():
