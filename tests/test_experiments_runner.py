@@ -292,3 +292,5 @@ def test_a_membership_attack_is_scored_on_members_and_non_members(tmp_path, tiny
     assert row["baseline_tpr_at_fpr_0_01"] == 0.01 and math.isfinite(row["attack_advantage"])
     assert not any("_ci_" in column for column in row)
     assert math.isnan(row["attack_ssim"])  # no reconstructions in a membership row
+    # Scored on its candidates, half of them from the training split: the budget's count, as far as the splits allow.
+    assert row["n_test"] == min(runner.budget.membership_candidates, 2 * TINY_BUDGET["train_size"])

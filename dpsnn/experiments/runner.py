@@ -269,6 +269,7 @@ class ExperimentRunner:
             return row | {"status": "diverged", "note": str(error), "attack_seconds": time.perf_counter() - started}
         if issubclass(config.attack.result, MembershipScores):
             measured = self.score_membership(config, target, attacker, splits, test)
+            row["n_test"] = measured["n_candidates"]  # what a membership attack is scored on: its candidates
         else:
             validator = obtain_validator(
                 splits,

@@ -57,7 +57,7 @@ RUN_COLUMNS = (
     "attack",  # the attack's spec: decoder
     "params",  # JSON, sorted keys: aux_source, aux_size, test_classes[, inference_defences]
     "n_aux",
-    "n_test",
+    "n_test",  # the images the attack is scored on: test images, or a membership attack's candidates
     "best_epoch",
     "model_seconds",  # 0 when the model was already trained by an earlier run
     "attack_seconds",
