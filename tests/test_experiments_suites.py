@@ -500,3 +500,9 @@ def test_the_suppress_verdict_compares_the_front_with_dp():
     assert "1 of 1 DP-SGD settings are beaten" in verdict and "MindArmour's claim holds here" in verdict
     worse = _defended_runs(("suppress:sparse_end=0.9,end_epoch=2,mask_times=10",), (0.40, 0.41, 0.39), 0.70, "s9")
     assert "does not hold here" in report_module.suppress_verdict(summarise(plain + dp + worse))
+    # DP keeps a front point by a gap smaller than suppress's: within two SEs of it, or clearly.
+    near = _defended_runs(("suppress:sparse_end=0.9,end_epoch=2,mask_times=10",), (0.31, 0.32, 0.33), 0.87, "s9")
+    verdict = report_module.suppress_verdict(summarise(plain + dp + near))
+    assert "holds here within the standard errors" in verdict and "DP-SGD ε 4, C 1 (accuracy" in verdict
+    far = _defended_runs(("suppress:sparse_end=0.9,end_epoch=2,mask_times=10",), (0.40, 0.40, 0.40), 0.87, "s9")
+    assert "holds only in part" in report_module.suppress_verdict(summarise(plain + dp + far))

@@ -329,7 +329,25 @@ def suppress_verdict(summary: Sequence[Mapping[str, Any]]) -> str:
         return text + "**MindArmour's claim holds here: suppress-privacy gives the better balance.**"
     if not ours:
         return text + "**MindArmour's claim does not hold here: DP-SGD gives the better balance.**"
+    theirs = [row for row in front if "suppress" not in row["defences"]]
+    close = [row for row in theirs if _matched_by_suppress(row, suppress)]
+    if len(close) == len(theirs):
+        names = "; ".join(f"{row['label']} ({_gap_text(row)})" for row in theirs)
+        return text + (
+            f"The DP-SGD point(s) on the front ({names}) are there by SSIM gaps within two standard errors of a "
+            "suppress setting that keeps at least as much accuracy: **MindArmour's claim holds here within the "
+            "standard errors.**"
+        )
     return text + "**MindArmour's claim holds only in part: each family wins part of the trade-off.**"
+
+
+def _matched_by_suppress(row: Mapping[str, Any], suppress: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether some suppress setting has at least ``row``'s accuracy and a gap within two combined SEs of its gap."""
+    return any(
+        s["accuracy"] >= row["accuracy"]
+        and s["gap_ssim"] - row["gap_ssim"] <= 2 * math.hypot(s["gap_ssim_se"], row["gap_ssim_se"])
+        for s in suppress
+    )
 
 
 def not_measured(suite: str) -> str:
