@@ -28,3 +28,7 @@ class ResultsError(DpsnnError):
 
 class TrainingDiverged(DpsnnError):
     """Training produced a non-finite loss (NaN or infinity); the model is unusable."""
+
+
+class TransportError(DpsnnError):
+    """The other party of a split run cannot be reached, went silent, left, or sent a message that was not expected."""
