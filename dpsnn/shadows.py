@@ -249,7 +249,7 @@ STRATEGIES = ("auto", "together", "one-by-one")
 def choose_strategy(model: nn.Module) -> str:
     """``"together"`` unless ``model`` is convolutional and on the CPU, where ``"one-by-one"`` is faster.
 
-    Measured by ``benchmarks/bench_shadows.py`` on the CPU: the vmapped step is about 2× faster
+    Measured by ``benchmarks/bench_shadows.py`` on the idle CPU: the vmapped step is about 2.7× faster
     than the loop for a two-layer perceptron, but about 2.4× slower for the reference split
     network (vmap runs its convolutions per shadow, with the stacking as extra work). On a GPU
     the stacked step is the fast one.

@@ -525,7 +525,9 @@ def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             f"is **{best['label']}**: accuracy {_cell(best, 'accuracy', 4)}, SSIM gap "
             f"{_cell(best, 'gap_ssim', 3)} (undefended: {_cell(plain, 'gap_ssim', 3)}). "
             + (
-                "Its gap is within two standard errors of zero: the attack is no better than the label."
+                f"It is measured on {best['n_seeds']} seed so far: no standard error yet, and no verdict."
+                if best["n_seeds"] < 2
+                else "Its gap is within two standard errors of zero: the attack is no better than the label."
                 if closed
                 else "Its gap is still more than two standard errors above zero: **no setting that keeps the "
                 "accuracy brings the attack down to the label-only baseline.**"
