@@ -33,11 +33,11 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_runner(data_root):
-    """Make an :class:`ExperimentRunner` on the tiny budget whose files all live under ``folder``."""
+    """Make an :class:`ExperimentRunner` on the tiny budget (``overrides`` change it), its files under ``folder``."""
 
-    def make(folder: Path) -> ExperimentRunner:
+    def make(folder: Path, **overrides: int) -> ExperimentRunner:
         return ExperimentRunner(
-            customised(QUICK, **TINY_BUDGET),
+            customised(QUICK, **{**TINY_BUDGET, **overrides}),
             "fashion-mnist",
             folder / "results",
             folder / "models",

@@ -4,25 +4,21 @@ import math
 from dataclasses import replace
 
 import pytest
-from conftest import TINY_BUDGET
 
 from dpsnn.attacks import AttackTraining
 from dpsnn.attacks.best_of import DECODER_ATTACKS
 from dpsnn.attacks.inversion import DecoderAttack
 from dpsnn.attacks.whitebox import WhiteBoxInversion
 from dpsnn.experiments.report import attacks_verdict, defence_attack_table, report_blocks
-from dpsnn.experiments.runner import ExperimentRunner
 from dpsnn.experiments.suites import (
     ATTACKED_SETTINGS,
     FULL,
     INVERSION_ATTACKS,
     MEMBERSHIP_ATTACKS,
-    QUICK,
     SUITES,
     RunConfig,
     attack_column,
     best_of_aux_size,
-    customised,
     suites_of,
     undefended_config,
 )
@@ -56,17 +52,8 @@ def test_short_attack_names_for_the_tables():
 
 
 @pytest.fixture
-def fast_runner(tmp_path, data_root):
-    budget = customised(QUICK, **{**TINY_BUDGET, "attack_steps": 1, "aux_size": 100, "test_size": 120})
-    return ExperimentRunner(
-        budget,
-        "fashion-mnist",
-        tmp_path / "r",
-        tmp_path / "m",
-        data_dir=data_root,
-        validators_dir=tmp_path / "v",
-        progress=False,
-    )
+def fast_runner(tmp_path, tiny_runner):
+    return tiny_runner(tmp_path, attack_steps=1, aux_size=100, test_size=120)
 
 
 def test_best_of_chooses_among_the_decoders_the_runs_beside_it_fitted(fast_runner, monkeypatch):
