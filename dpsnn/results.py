@@ -115,12 +115,12 @@ def append_rows(
     columns = _columns(rows)
     header, _ = read_table(path)
     keys = list(key_columns)
-    added: list[str] = []
+    expected, added = columns, []  # the header the table must have, and the columns it gains
     if keys and header[: len(keys)] == keys and columns[: len(keys)] == keys:
-        added = [column for column in columns if column not in header]
+        expected, added = header, [column for column in columns if column not in header]
         columns = header + added
-    existing, upgraded = _existing_rows(path, columns[: len(columns) - len(added)], legacy, prefix_only=False)
-    if added and header:
+    existing, upgraded = _existing_rows(path, expected, legacy, prefix_only=False)
+    if added:
         print(f"added the column(s) {', '.join(added)} to {path}")
     written = write_table(path, [*existing, *rows], columns)
     if upgraded:
