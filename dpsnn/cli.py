@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from dpsnn.architectures import canonical_architecture
-from dpsnn.data import image_shape
-from dpsnn.defences import Defence, Laplace, check, parse_canonical, parse_defence
+from dpsnn.architectures import architecture_names, canonical_architecture
+from dpsnn.data import DATASETS, image_shape
+from dpsnn.defences import Defence, Laplace, NoPeek, check, parse_canonical, parse_defence, registered_defences
 from dpsnn.errors import ConfigError, DataError, DpsnnError
+from dpsnn.models import LR_SCHEDULES
 
 T = TypeVar("T")
 
@@ -65,6 +66,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got '{text}'")
     return value
 
 
@@ -191,6 +202,64 @@ def add_run_arguments(parser: argparse.ArgumentParser, data_dir: Path, results_d
     parser.add_argument("--results-dir", type=Path, default=results_dir)
     parser.add_argument("--log-dir", type=Path, default=None, help="write Lightning CSV logs here")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say what split network is trained and how: train_model.py's, and split.py's for both parties."""
+    parser.add_argument(
+        "--noise-scale", type=non_negative_float, default=0.0, help="Laplace scale on the wire (laplace:scale=S)"
+    )
+    parser.add_argument(
+        "--nopeek-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of dCor(x, h) in the loss (nopeek:weight=W)",
+    )
+    parser.add_argument(
+        "--defence",
+        type=defence_argument,
+        action="append",
+        default=[],
+        metavar="NAME:key=value,...",
+        help=f"a defence to train with, repeatable; one of {', '.join(sorted(registered_defences()))} "
+        "(e.g. laplace:scale=0.5, nopeek:weight=0.1)",
+    )
+    parser.add_argument(
+        "--architecture",
+        type=architecture_argument,
+        default="reference",
+        help=f"the split network: {', '.join(architecture_names())} (resnet18 is resnet18:2)",
+    )
+    parser.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="constant, or one-cycle: warm up to the learning rate, then anneal to almost zero",
+    )
+    parser.add_argument("--max-epochs", type=positive_int, default=10)
+    parser.add_argument("--train-size", type=positive_int, default=None, help="images of the target train split")
+    parser.add_argument(
+        "--val-size", type=positive_int, default=None, help="images of the target val split (default: 5000)"
+    )
+    parser.add_argument(
+        "--aux-split-size",
+        type=positive_int,
+        default=None,
+        help="images kept out of training for the attacker's auxiliary split (default: 5000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fixes splits, initialisation and noise")
+
+
+def training_defences(args: argparse.Namespace) -> tuple[Defence, ...]:
+    """The defences of :func:`add_training_arguments`' flags, merged and checked (see :func:`merge_defences`)."""
+    flags = {
+        "laplace": ("--noise-scale", Laplace(scale=args.noise_scale)),
+        "nopeek": ("--nopeek-weight", NoPeek(weight=args.nopeek_weight)),
+    }
+    return check(merge_defences(flags, args.defence))
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:

@@ -19,27 +19,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpsnn.architectures import architecture_names, build_split
+from dpsnn.architectures import build_split
 from dpsnn.checkpoints import CLASSIFIERS_DIR, classifier_filename, save_checkpoint
 from dpsnn.cli import (
     ArgumentParser,
     add_run_arguments,
-    architecture_argument,
-    defence_argument,
+    add_training_arguments,
     measures_text,
-    merge_defences,
-    non_negative_float,
-    positive_float,
-    positive_int,
     run,
+    training_defences,
 )
-from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info, make_splits
-from dpsnn.defences import Laplace, NoPeek, canonical, check, label, registered_defences
+from dpsnn.data import DEFAULT_DATA_DIR, dataset_info, make_splits
+from dpsnn.defences import Laplace, NoPeek, canonical, label
 from dpsnn.defences.base import param_of
 from dpsnn.errors import ConfigError
 from dpsnn.evaluation import evaluate_classifier
 from dpsnn.experiments.runner import defence_measures
-from dpsnn.models import LR_SCHEDULES
 from dpsnn.results import RESULTS_DIR, append_rows, check_columns, format_measure
 from dpsnn.training import train_classifier
 
@@ -86,51 +81,7 @@ def upgrade_legacy_row(row: dict[str, str]) -> dict[str, str]:
 
 def parse_args(argv: Sequence[str] | None) -> object:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--noise-scale", type=non_negative_float, default=0.0, help="Laplace scale on the wire (laplace:scale=S)"
-    )
-    parser.add_argument(
-        "--nopeek-weight",
-        type=non_negative_float,
-        default=0.0,
-        help="weight of dCor(x, h) in the loss (nopeek:weight=W)",
-    )
-    parser.add_argument(
-        "--defence",
-        type=defence_argument,
-        action="append",
-        default=[],
-        metavar="NAME:key=value,...",
-        help=f"a defence to train with, repeatable; one of {', '.join(sorted(registered_defences()))} "
-        "(e.g. laplace:scale=0.5, nopeek:weight=0.1)",
-    )
-    parser.add_argument(
-        "--architecture",
-        type=architecture_argument,
-        default="reference",
-        help=f"the split network: {', '.join(architecture_names())} (resnet18 is resnet18:2)",
-    )
-    parser.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
-    parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
-    parser.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        default="constant",
-        help="constant, or one-cycle: warm up to the learning rate, then anneal to almost zero",
-    )
-    parser.add_argument("--max-epochs", type=positive_int, default=10)
-    parser.add_argument("--train-size", type=positive_int, default=None, help="images of the target train split")
-    parser.add_argument(
-        "--val-size", type=positive_int, default=None, help="images of the target val split (default: 5000)"
-    )
-    parser.add_argument(
-        "--aux-split-size",
-        type=positive_int,
-        default=None,
-        help="images kept out of training for the attacker's auxiliary split (default: 5000)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="fixes splits, initialisation and noise")
+    add_training_arguments(parser)
     parser.add_argument("--saveas", default="classifier", help="file-name prefix of the checkpoint")
     parser.add_argument("--models-dir", type=Path, default=CLASSIFIERS_DIR)
     add_run_arguments(parser, DEFAULT_DATA_DIR, RESULTS_DIR)
@@ -141,14 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if "/" in args.saveas or not args.saveas:
         raise ConfigError(f"--saveas must be a plain file-name prefix, got '{args.saveas}'")
-    defences = merge_defences(
-        {
-            "laplace": ("--noise-scale", Laplace(scale=args.noise_scale)),
-            "nopeek": ("--nopeek-weight", NoPeek(weight=args.nopeek_weight)),
-        },
-        args.defence,
-    )
-    check(defences)
+    defences = training_defences(args)
     # Everything that can be known before loading data is checked first: nothing is written on bad input.
     info = dataset_info(args.dataset)
     client, server = build_split(args.architecture, info.image_shape, info.num_classes)

@@ -384,8 +384,9 @@ def test_bad_arguments_are_config_errors():
         Link.open("127.0.0.1:29500", "attacker")
     with pytest.raises(ConfigError, match="a timeout is a positive number of seconds"):
         Link.open("127.0.0.1:29500", "server", timeout=0)
-    with pytest.raises(ConfigError, match="unknown message kind 'logits'"):
-        MessageKind.named("logits")
+    with pytest.raises(ConfigError, match="unknown message kind 'weights2'"):
+        MessageKind.named("weights2")
+    assert MessageKind.named("logits") is MessageKind.LOGITS
     with pytest.raises(ConfigError, match="a link cannot carry complex64 tensors"):
         encode_header("activation", 0, torch.complex64, (2,))
     with pytest.raises(ConfigError, match="at most 8 dims"):

@@ -241,6 +241,17 @@ def what_server_sees(target: nn.Module, images: Tensor, batch_size: int = 512) -
     return batched(target.encode, images, module=target, batch_size=batch_size)
 
 
+def _check_pairs(seen: Tensor, images: Tensor, predicted: Tensor | None, num_classes: int) -> None:
+    """:class:`DataError` unless ``seen``, ``images`` (and ``predicted``, classes below ``num_classes``) pair up."""
+    if len(images) == 0:
+        raise DataError("no (what the server saw, image) pairs to train on")
+    for name, tensor in (("recorded intermediates", seen), ("predicted labels", predicted)):
+        if tensor is not None and len(tensor) != len(images):
+            raise DataError(f"{len(tensor)} {name} for {len(images)} images: they must pair up one to one")
+    if predicted is not None and (predicted.min() < 0 or predicted.max() >= num_classes):
+        raise DataError(f"predicted labels outside 0..{num_classes - 1}: not classes of {num_classes}")
+
+
 @register_attack("decoder")
 @dataclass(frozen=True)
 class DecoderAttack(Attack):
@@ -268,17 +279,59 @@ class DecoderAttack(Attack):
         L.seed_everything(seed, verbose=False)
         observation = observe(target, images, seed) if self.conditioned else None
         seen = observation.seen if observation is not None else what_server_sees(target, images)
+        predicted = observation.predicted if observation is not None else None
+        num_classes = int(target.hparams.get("num_classes", 10)) if self.conditioned else 0
+        return self._train(seen, images, training, seed, predicted, num_classes, metadata)
+
+    def fit_pairs(
+        self,
+        seen: Tensor,
+        images: Tensor,
+        training: AttackTraining = DEFAULT_TRAINING,
+        seed: int = 0,
+        predicted: Tensor | None = None,
+        num_classes: int = 10,
+        **metadata: Any,
+    ) -> InversionAttacker:
+        """Train on pairs already recorded: ``seen[i]`` is what the server received of ``images[i]``.
+
+        For a server that kept what it received when it queried the client with images of
+        its own (a recording, :mod:`dpsnn.transport.recording`), rather than a target to
+        query here. ``predicted`` (the class the server computed for each, of
+        ``num_classes``) is needed by the attacks conditioned on it (``decoder-label``)
+        and ignored by the others. ``L.seed_everything(seed)`` fixes the decoder's
+        initialisation and the batches; the budget is as in :meth:`fit`.
+        """
+        if self.conditioned and predicted is None:
+            raise ConfigError(f"attack '{self.name}' is conditioned on the label the server predicts: pass predicted")
+        labels = predicted if self.conditioned else None
+        _check_pairs(seen, images, labels, num_classes)
+        L.seed_everything(seed, verbose=False)
+        classes = num_classes if self.conditioned else 0
+        return self._train(seen.float(), images.float(), training, seed, labels, classes, metadata)
+
+    def _train(
+        self,
+        seen: Tensor,
+        images: Tensor,
+        training: AttackTraining,
+        seed: int,
+        predicted: Tensor | None,
+        num_classes: int,
+        metadata: dict[str, Any],
+    ) -> InversionAttacker:
+        """A decoder trained on ``(seen, image[, predicted])`` batches (``num_classes`` 0: not conditioned)."""
         attacker = InversionAttacker(
             learning_rate=training.learning_rate,
             intermediate_shape=tuple(seen.shape[1:]),
             image_shape=tuple(images.shape[1:]),
             decoder_size=self.decoder_size,
             loss=self.loss,
-            num_classes=int(target.hparams.get("num_classes", 10)) if self.conditioned else 0,
+            num_classes=num_classes,
             seed=seed,
             **metadata,
         )
-        tensors = (seen, images) if observation is None else (seen, images, observation.predicted)
+        tensors = (seen, images) if predicted is None else (seen, images, predicted)
         self._trainer(training).fit(
             attacker, tensor_loader(*tensors, batch_size=training.batch_size, shuffle=True, seed=seed)
         )

@@ -126,6 +126,8 @@ class MessageKind(IntEnum):
     CONTROL = 5
     ACK = 6
     STOP = 7
+    LOGITS = 8
+    IMAGES = 9
 
     def __str__(self) -> str:
         return repr(self.name.lower())
