@@ -66,6 +66,7 @@ bench: setup dataset
 	$(BIN)/python benchmarks/bench_privacy.py
 	$(BIN)/python benchmarks/bench_whitebox.py
 	$(BIN)/python benchmarks/bench_shadows.py
+	$(BIN)/python benchmarks/bench_split.py
 
 bench-budget: setup dataset
 	$(BIN)/python benchmarks/bench_budget.py
