@@ -318,8 +318,8 @@ class _Party:
             "agreed": self.config.text(),
         }
 
-    def _load_state(self, path: Path) -> None:
-        payload = _read_state(path)
+    def _load_state(self, path: Path, payload: dict[str, Any]) -> None:
+        """Take up the state ``payload`` read from ``path`` (by :func:`_read_state`)."""
         if payload["role"] != self.role:
             raise CheckpointError(f"{path} is the {payload['role']}'s checkpoint, not the {self.role}'s")
         if payload.get("agreed") != self.config.text():
@@ -392,7 +392,7 @@ class ClientParty(_Party):
         self.best_correct: Tensor | None = None
         self.best_dcor: Tensor | None = None
         if resume and self.last_path.is_file():
-            self._load_state(self.last_path)
+            self._load_state(self.last_path, _read_state(self.last_path))
             log(f"resuming after epoch {self.epoch - 1} from {self.last_path}")
         elif resume:
             log(f"no checkpoint in {self.state_dir}/ to resume from: starting at epoch 0")
@@ -402,9 +402,8 @@ class ClientParty(_Party):
         best = {"correct": self.best_correct, "dcor": self.best_dcor} if self.best_correct is not None else {}
         return super()._state() | {"reports": reports, "best_measures": best}
 
-    def _load_state(self, path: Path) -> None:
-        super()._load_state(path)
-        payload = _read_state(path)
+    def _load_state(self, path: Path, payload: dict[str, Any]) -> None:
+        super()._load_state(path, payload)
         self.reports = [EpochReport(**report) for report in payload.get("reports", [])]
         best = payload.get("best_measures") or {}
         self.best_correct, self.best_dcor = best.get("correct"), best.get("dcor")
@@ -705,8 +704,9 @@ class ServerParty(_Party):
         if not self.resume:
             return f"the client resumes after epoch {start - 1} but this server was started without --resume"
         for path in (self.last_path, self.state_dir / "previous.ckpt"):
-            if path.is_file() and int(_read_state(path)["epoch"]) == start:
-                self._load_state(path)
+            payload = _read_state(path) if path.is_file() else None
+            if payload is not None and int(payload["epoch"]) == start:
+                self._load_state(path, payload)
                 if self.recorder is not None:
                     self.recorder.clear(from_epoch=start)
                 self.log(f"resuming after epoch {start - 1} from {path}")

@@ -74,6 +74,16 @@ def _check_phase(phase: str, epoch: int | None) -> None:
         )
 
 
+def _check_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """:class:`DataError` unless ``metadata`` says the file is a recording of the format this dpsnn reads."""
+    if metadata.get("format") != FORMAT:
+        raise DataError(f"{path} is not a dpsnn recording (its metadata does not say format={FORMAT})")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{path} is a recording of format {metadata.get('format_version')}; this dpsnn reads {FORMAT_VERSION}"
+        )
+
+
 class RecordingWriter:
     """Buffers what the server receives and writes it, part by part, into ``folder``.
 
@@ -179,26 +189,22 @@ class Recording:
         return {name: torch.cat([part[name] for part in parts]) for name in sorted(names)}
 
     def _metadata(self, path: Path) -> dict[str, str]:
+        return self._open(path, with_tensors=False)[0]
+
+    def _open(self, path: Path, with_tensors: bool = True) -> tuple[dict[str, str], dict[str, Tensor]]:
+        """The file's metadata, checked to be a recording's, and (``with_tensors``) its tensors; one opening."""
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
+                _check_metadata(path, metadata)
+                names = list(handle.keys()) if with_tensors else []
+                tensors = {name: handle.get_tensor(name) for name in names}
         except (SafetensorError, OSError, ValueError) as error:
             raise DataError(f"{path} is not a readable safetensors file ({error})") from None
-        if metadata.get("format") != FORMAT:
-            raise DataError(f"{path} is not a dpsnn recording (its metadata does not say format={FORMAT})")
-        if metadata.get("format_version") != FORMAT_VERSION:
-            raise DataError(
-                f"{path} is a recording of format {metadata.get('format_version')}; this dpsnn reads {FORMAT_VERSION}"
-            )
-        return metadata
+        return metadata, tensors
 
     def _tensors(self, path: Path) -> dict[str, Tensor]:
-        self._metadata(path)
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as error:
-            raise DataError(f"{path} is not a readable safetensors file ({error})") from None
+        tensors = self._open(path)[1]
         lengths = {len(tensor) for tensor in tensors.values()}
         if len(lengths) > 1:
             raise DataError(f"{path} holds tensors of different lengths: not a recording's aligned rows")
