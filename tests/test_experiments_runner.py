@@ -18,8 +18,8 @@ from conftest import TINY_BUDGET, write_v1_table
 from dpsnn.data import Split
 from dpsnn.defences import Laplace
 from dpsnn.experiments.report import SUMMARY_FILE, generated_blocks, report_blocks
-from dpsnn.experiments.runner import ExperimentRunner, load_samples
-from dpsnn.experiments.store import RUN_COLUMNS, RUNS_FILE, RunStore, read_runs, upgrade
+from dpsnn.experiments.runner import ExperimentRunner
+from dpsnn.experiments.store import RUN_COLUMNS, RUNS_FILE, RunStore, load_samples, read_runs, upgrade
 from dpsnn.experiments.suites import FULL, QUICK, SUITES, RunConfig, undefended_config
 from dpsnn.experiments.summary import summarise
 

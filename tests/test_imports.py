@@ -28,6 +28,10 @@ PURE_MODULES = (
     "dpsnn.attacks.base",
     "dpsnn.architectures",
     "dpsnn.inference",
+    # what the analysis notebooks import: reading results never loads the trainers
+    "dpsnn.experiments.store",
+    "dpsnn.experiments.summary",
+    "dpsnn.experiments.report",
 )
 LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
 TRAINING_CODE = ("dpsnn.models", "dpsnn.training", "dpsnn.loops")

@@ -15,7 +15,7 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 @pytest.fixture(scope="module")
 def small_results(tmp_path_factory, tiny_runner):
     """Every suite on a tiny budget, two seeds (the attacks suite, the slowest, one): the tables a full run writes."""
-    runner = tiny_runner(tmp_path_factory.mktemp("experiments"))
+    runner = tiny_runner(tmp_path_factory.mktemp("experiments"), attack_steps=2)
     runner.run([name for name in SUITES if name != "attacks"], seeds=2)
     runner.run(["attacks"], seeds=1)
     return runner.results_dir

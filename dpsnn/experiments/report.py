@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dpsnn import plots
-from dpsnn.attacks.base import attack_from
-from dpsnn.experiments.runner import load_samples
-from dpsnn.experiments.store import read_runs
+from dpsnn.experiments.store import load_samples, read_runs
 from dpsnn.experiments.suites import (
     INVERSION_ATTACKS,
     MEMBERSHIP_ATTACKS,
@@ -378,6 +376,8 @@ ATTACK_FAMILIES: dict[str, tuple[str, str, float]] = {
 
 def _attack_order(names: Sequence[str]) -> list[str]:
     """``names`` in the suite's order of attacks (any other after them, sorted)."""
+    from dpsnn.attacks.base import attack_from  # builds the attacks: here, not when the notebooks import this
+
     order = [attack_column(attack_from(spec)) for spec in (*INVERSION_ATTACKS, *MEMBERSHIP_ATTACKS)]
     known = [name for name in order if name in names]
     return known + sorted(set(names) - set(known))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from dpsnn.attacks.base import AttackTraining, MembershipScores, Reconstructions, attack_from
 from dpsnn.attacks.best_of import DECODER_ATTACKS
@@ -352,11 +352,3 @@ class ExperimentRunner:
         }
         with atomic_path(self.results_dir / SAMPLES_DIR / f"{config.key}.pt") as partial:
             torch.save(samples, partial)
-
-
-def load_samples(results_dir: str | Path, key: str) -> dict[str, Tensor] | None:
-    """The kept reconstructions of run ``key`` (tensors only, loaded without running code), or None."""
-    path = Path(results_dir) / SAMPLES_DIR / f"{key}.pt"
-    if not path.is_file():
-        return None
-    return {name: images.float() for name, images in torch.load(path, map_location="cpu", weights_only=True).items()}

@@ -31,11 +31,14 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpsnn.errors import DpsnnError, ResultsError
 from dpsnn.experiments.suites import RunConfig
 from dpsnn.results import format_cell, read_table, write_table
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SCHEMA_VERSION = 2
 RUNS_FILE = "runs.csv"
@@ -372,7 +375,18 @@ def current_code_version(repo: str | Path | None = None) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def load_samples(results_dir: str | Path, key: str) -> dict[str, Tensor] | None:
+    """The kept reconstructions of run ``key`` (tensors only, loaded without running code), or None."""
+    import torch  # only here: reading the tables needs no torch
+
+    path = Path(results_dir) / SAMPLES_DIR / f"{key}.pt"
+    if not path.is_file():
+        return None
+    return {name: images.float() for name, images in torch.load(path, map_location="cpu", weights_only=True).items()}
+
+
 __all__ = [
+    "load_samples",
     "RUN_COLUMNS",
     "RunStore",
     "SCHEMA_VERSION",
