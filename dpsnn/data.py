@@ -52,7 +52,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torchvision import datasets as tv_datasets
 from torchvision.datasets import utils as tv_utils
 
-from dpsnn.errors import DataError
+from dpsnn.errors import ConfigError, DataError
 from dpsnn.files import atomic_path
 
 try:
@@ -443,6 +443,12 @@ class Split:
         if size is None:
             return self
         return Split(self.images[:size], self.labels[:size])
+
+    def part(self, index: int, count: int) -> Split:
+        """The ``index``-th of ``count`` disjoint parts of nearly equal size (a client's own data among several)."""
+        if not 0 <= index < count:
+            raise ConfigError(f"part {index} of {count} does not exist: the parts are 0 to {count - 1}")
+        return Split(self.images.tensor_split(count)[index], self.labels.tensor_split(count)[index])
 
     def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
         """Batches of ``(images, labels)`` drawn by indexing whole tensors, with no per-item Python work."""

@@ -17,6 +17,10 @@ attacks what the server recorded. Either side can be stopped and restarted with 
 both go on from the last epoch both finished. The client prints its val accuracy and dCor
 and appends them, with their standard errors, to results/split.csv.
 
+With --clients N one server trains with N clients (client K: --client K, at the server's
+port + K), in turns (--scheme round-robin) or at once with their client parts averaged every
+epoch (--scheme splitfed); see ``dpsnn.transport.several``.
+
 The link is PyTorch's gloo over TCP: unencrypted and unauthenticated. Between hosts, run it
 over an SSH tunnel or a VPN (see the README).
 """
@@ -24,6 +28,8 @@ over an SSH tunnel or a VPN (see the README).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +40,7 @@ from dpsnn.cli import (
     check_images,
     non_negative_int,
     positive_float,
+    positive_int,
     run,
     training_defences,
 )
@@ -43,7 +50,8 @@ from dpsnn.defences.base import param_of
 from dpsnn.errors import DataError
 from dpsnn.results import RESULTS_DIR, append_rows, check_columns, format_measure
 from dpsnn.transport import Link
-from dpsnn.transport.parties import ClientParty, PartyConfig, RunResult, ServerParty
+from dpsnn.transport.parties import SCHEMES, ClientParty, PartyConfig, RunResult, ServerParty
+from dpsnn.transport.several import DEFAULT_TURN_TIMEOUT, RoundsClient, RoundsServer, client_address
 
 COLUMNS = (
     "client_state",
@@ -80,10 +88,21 @@ def _add_link_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         default=300.0,
         help="seconds to wait for the other party to connect (default: 300)",
     )
-    parser.add_argument(
-        "--state-dir", type=Path, default=STATE_DIR / role, help=f"checkpoints (default: {STATE_DIR / role})"
-    )
+    default = f"{STATE_DIR / role}" + ("" if role == "server" else "; of several: client0, client1, …")
+    parser.add_argument("--state-dir", type=Path, default=None, help=f"checkpoints (default: {default})")
     parser.add_argument("--resume", action="store_true", help="go on from the last epoch both parties finished")
+    parser.add_argument(
+        "--clients",
+        type=positive_int,
+        default=1,
+        help="clients training with one server (default: 1); client K meets the server at its port + K",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        default="round-robin",
+        help="how several clients train: in turns (round-robin), or at once, averaged each epoch (splitfed)",
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -110,7 +129,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="test images sent through the trained network (default: the whole test split; 0: none)",
     )
     client.add_argument("--refuse-queries", action="store_true", help="do not answer the server's queries")
-    return parser.parse_args(argv)
+    client.add_argument(
+        "--client", type=non_negative_int, default=0, help="which of several clients this is, from 0 (default: 0)"
+    )
+    client.add_argument(
+        "--turn-timeout",
+        type=positive_float,
+        default=DEFAULT_TURN_TIMEOUT,
+        help=f"seconds one of several clients waits while the others train (default: {DEFAULT_TURN_TIMEOUT:g})",
+    )
+    args = parser.parse_args(argv)
+    several = args.clients > 1
+    if args.state_dir is None:
+        args.state_dir = STATE_DIR / (f"client{args.client}" if args.role == "client" and several else args.role)
+    if several and args.resume:
+        parser.error("--resume: a run of several clients cannot be resumed; start it afresh")
+    if args.role == "client" and args.client >= args.clients:
+        parser.error(f"--client {args.client}: the clients of --clients {args.clients} are 0 to {args.clients - 1}")
+    if several:
+        client_address(args.address, args.clients - 1 if args.role == "server" else args.client)  # before any work
+    return args
 
 
 def _config(args: argparse.Namespace) -> PartyConfig:
@@ -126,6 +164,8 @@ def _config(args: argparse.Namespace) -> PartyConfig:
         num_classes=info.num_classes,
         input_shape=info.image_shape,
         batch_size=args.batch_size,
+        clients=args.clients,
+        scheme=args.scheme,
     )
 
 
@@ -155,22 +195,35 @@ def serve(args: argparse.Namespace) -> int:
         "aux_split_size": args.aux_split_size or 5000,
         "train_size": args.train_size or "",
     }
-    party = ServerParty(
-        config,
-        args.state_dir,
+    options = dict(
         record=None if args.no_record else args.record,
         queries=queries,
-        resume=args.resume,
         progress=not args.no_progress,
         record_metadata=splits_metadata,
     )
-    print(f"server: waiting for the client at {args.address} (at most {args.connect_timeout:g} s)")
-    with Link.open(args.address, "server", timeout=args.timeout, connect_timeout=args.connect_timeout) as link:
-        final = party.run(link)
+    if args.clients > 1:
+        final = _serve_several(args, RoundsServer(config, args.state_dir, **options))
+    else:
+        party = ServerParty(config, args.state_dir, resume=args.resume, **options)
+        print(f"server: waiting for the client at {args.address} (at most {args.connect_timeout:g} s)")
+        with Link.open(args.address, "server", timeout=args.timeout, connect_timeout=args.connect_timeout) as link:
+            final = party.run(link)
     print(f"saved {final}")
-    if party.recorder is not None:
+    if not args.no_record:
         print(f"recorded what the server received in {args.record}/")
     return 0
+
+
+def _serve_several(args: argparse.Namespace, party: RoundsServer) -> Path:
+    """Open one link per client (client K at the port + K), then serve the rounds; every link closes on the way out."""
+    with contextlib.ExitStack() as stack:
+        links = []
+        for index in range(args.clients):
+            address = client_address(args.address, index)
+            print(f"server: waiting for client {index} at {address} (at most {args.connect_timeout:g} s)")
+            link = Link.open(address, "server", timeout=args.timeout, connect_timeout=args.connect_timeout)
+            links.append(stack.enter_context(link))
+        return party.run(links)
 
 
 def train_client(args: argparse.Namespace) -> int:
@@ -179,18 +232,22 @@ def train_client(args: argparse.Namespace) -> int:
     table = args.results_dir / "split.csv"
     check_columns(table, COLUMNS)
     splits = _splits(args)
-    party = ClientParty(
-        config,
-        args.state_dir,
-        splits,
-        resume=args.resume,
-        infer=args.infer,
-        answer_queries=not args.refuse_queries,
-        progress=not args.no_progress,
-    )
-    print(f"client: connecting to the server at {args.address} (at most {args.connect_timeout:g} s)")
-    with Link.open(args.address, "client", timeout=args.timeout, connect_timeout=args.connect_timeout) as link:
+    options = dict(infer=args.infer, answer_queries=not args.refuse_queries, progress=not args.no_progress)
+    address = args.address
+    if args.clients > 1:
+        splits = dataclasses.replace(splits, train=splits.train.part(args.client, args.clients))
+        address = client_address(args.address, args.client)
+        party = RoundsClient(
+            config, args.state_dir, splits, index=args.client, turn_timeout=args.turn_timeout, **options
+        )
+    else:
+        party = ClientParty(config, args.state_dir, splits, resume=args.resume, **options)
+    print(f"client: connecting to the server at {address} (at most {args.connect_timeout:g} s)")
+    with Link.open(address, "client", timeout=args.timeout, connect_timeout=args.connect_timeout) as link:
         result = party.run(link)
+    if result is None:  # one of several clients, not the one that validates
+        print(f"saved {party.final_path}; client 0 validates and writes the results")
+        return 0
     row = _row(args, config, party, result)
     append_rows(table, [row], key_columns=COLUMNS)
     _print(party, result, row)
@@ -216,6 +273,9 @@ def _row(args: argparse.Namespace, config: PartyConfig, party: ClientParty, resu
         "n_test": result.n_test,
         "test_accuracy": "" if result.test_accuracy is None else result.test_accuracy,
         "test_accuracy_se": "" if result.test_accuracy_se is None else result.test_accuracy_se,
+        # after the first columns, so that a table of two-party runs gains them
+        "clients": config.clients,
+        "scheme": config.scheme if config.clients > 1 else "",
     }
 
 

@@ -54,10 +54,10 @@ def free_port() -> int:
 class Party:
     """``split.py ROLE`` in a child process, its output in files under ``folder``."""
 
-    def __init__(self, role: str, port: int, folder: Path, data_root: Path, *flags: str) -> None:
-        self.role = role
-        self.out = (folder / f"{role}.out").open("w")
-        self.err = (folder / f"{role}.err").open("w")
+    def __init__(self, role: str, port: int, folder: Path, data_root: Path, *flags: str, name: str = "") -> None:
+        self.role = name or role
+        self.out = (folder / f"{self.role}.out").open("w")
+        self.err = (folder / f"{self.role}.err").open("w")
         self.folder = folder
         command = [sys.executable, str(SPLIT), role, "--address", f"127.0.0.1:{port}", "--data-dir", str(data_root)]
         command += ["--no-progress", "--timeout", "20", "--connect-timeout", "90", *flags]
@@ -319,6 +319,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         (["client", "--address", "127.0.0.1:1", "--defence", "dp:epsilon=4"], "needs the single-process trainer"),
         (["server", "--address", "127.0.0.1:1", "--queries", "-1"], "must be a non-negative integer"),
         (["client", "--address", "127.0.0.1:1", "--queries", "5"], "unrecognized arguments: --queries 5"),
+        (["client", "--address", "127.0.0.1:1", "--clients", "2", "--client", "2"], "the clients of --clients 2 are"),
+        (["server", "--address", "127.0.0.1:1", "--clients", "2", "--resume"], "cannot be resumed"),
+        (["server", "--address", "127.0.0.1:1", "--clients", "0"], "must be a positive integer"),
+        (["client", "--address", "127.0.0.1:1", "--scheme", "gossip"], "invalid choice: 'gossip'"),
+        (["server", "--address", "127.0.0.1:65535", "--clients", "2", "--queries", "0"], "past 65535"),
     ],
 )
 def test_bad_flags_give_one_line_and_write_nothing(argv, message, tmp_path, monkeypatch, capsys):

@@ -2,7 +2,10 @@
 
 A :class:`Link` joins a server and a client over TCP with PyTorch's gloo backend; each
 message is a checked header and a plain tensor, never a pickled object, and every wait has a
-timeout that ends in a one-line :class:`~dpsnn.errors.TransportError`. Example::
+timeout that ends in a one-line :class:`~dpsnn.errors.TransportError`. On the link:
+:mod:`dpsnn.transport.parties` (a client and a server training a split network),
+:mod:`dpsnn.transport.several` (several clients, round-robin or SplitFed) and
+:mod:`dpsnn.transport.recording` (what the server received, on disk). Example::
 
     import torch
     from dpsnn.transport import Link

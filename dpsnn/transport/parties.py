@@ -76,6 +76,8 @@ PARTY_FORMAT = 1
 MAX_BATCH = 1 << 16  # the most rows one message may carry
 MAX_CONFIG_BYTES = 1 << 14
 QUERY_BATCH = 500
+#: How several clients train together (dpsnn.transport.several): taking turns, or at once and averaged.
+SCHEMES = ("round-robin", "splitfed")
 
 
 class Op(IntEnum):
@@ -88,6 +90,10 @@ class Op(IntEnum):
     FINISH = 5
     INFER = 6
     QUERIES = 7
+    # sent by the server to several clients (dpsnn.transport.several)
+    TURN = 8
+    ROUND_END = 9
+    DONE = 10
 
 
 def two_party_defences(defences: Iterable[Defence | str]) -> tuple[Defence, ...]:
@@ -128,11 +134,17 @@ class PartyConfig:
     num_classes: int = 10
     input_shape: tuple[int, ...] = (1, 28, 28)
     batch_size: int = 128
+    clients: int = 1
+    scheme: str = "round-robin"
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defences", two_party_defences(self.defences))
         object.__setattr__(self, "input_shape", tuple(int(size) for size in self.input_shape))
+        if self.clients < 1:
+            raise ConfigError(f"a run has at least one client, not {self.clients}")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"unknown scheme {self.scheme!r}; the schemes are {', '.join(SCHEMES)}")
 
     def agreed(self) -> dict[str, str]:
         """The fields both parties must have equal, as text."""
@@ -147,7 +159,7 @@ class PartyConfig:
             "seed": str(self.seed),
             "num_classes": str(self.num_classes),
             "input_shape": ",".join(map(str, self.input_shape)),
-        }
+        } | ({"clients": str(self.clients), "scheme": self.scheme} if self.clients > 1 else {})
 
     def text(self) -> str:
         return "\n".join(f"{key}={value}" for key, value in self.agreed().items())
@@ -386,6 +398,7 @@ class ClientParty(_Party):
         self.infer = len(splits.test) if infer is None else min(infer, len(splits.test))
         self.answer_queries = answer_queries
         self.log = log
+        self.index = 0  # which of several clients this is
         self.batches = math.ceil(len(splits.train) / config.batch_size)
         self._schedule_for(self.batches)
         self.reports: list[EpochReport] = []
@@ -424,7 +437,9 @@ class ClientParty(_Party):
         step = exchange.next()
         text = self.config.text()
         exchange.link.send(
-            MessageKind.CONTROL, step, _control(Op.HELLO, PROTOCOL, self.config.fingerprint(), self.epoch, self.batches)
+            MessageKind.CONTROL,
+            step,
+            _control(Op.HELLO, PROTOCOL, self.config.fingerprint(), self.epoch, self.batches, self.index),
         )
         exchange.link.send(MessageKind.CONTROL, step, _text_tensor(text))
         answer = exchange.link.recv(MessageKind.ACK, step, dtype=torch.float64, shape=(ACK_SIZE,))
@@ -441,11 +456,17 @@ class ClientParty(_Party):
                 f"the server cannot resume after epoch {self.epoch - 1}: start it with --resume and its own state "
                 "folder, or start both afresh"
             )
+        if reason == 3:
+            return f"the server refused this client: {their_text}"
         return f"the server refused to start a run after epoch {self.epoch - 1} (its reason: {their_text})"
 
     def _epoch(self, exchange: _Exchange, epoch: int) -> None:
         started = time.monotonic()
         self._train(exchange, epoch)
+        self._end_epoch(exchange, epoch, started)
+
+    def _end_epoch(self, exchange: _Exchange, epoch: int, started: float) -> None:
+        """Validate, tell the server whether the epoch is the best so far, checkpoint on its acknowledgement."""
         correct, dcor = self._validate(exchange, epoch)
         accuracy, accuracy_se = mean_and_se(correct)
         is_best = accuracy > self.best_accuracy
@@ -481,7 +502,8 @@ class ClientParty(_Party):
 
     def _train(self, exchange: _Exchange, epoch: int) -> None:
         link = exchange.link
-        link.send(MessageKind.CONTROL, exchange.next(), _control(Op.TRAIN, epoch, self.batches))
+        announce = _control(Op.TRAIN, epoch, self.batches, len(self.splits.train))
+        link.send(MessageKind.CONTROL, exchange.next(), announce)
         _draw_like_a_data_loader()
         self.model.train()
         with self._bar(self.batches, f"epoch {epoch} train") as bar:
@@ -672,7 +694,8 @@ class ServerParty(_Party):
             raise TransportError("the client ended the run before finishing training")
         return final
 
-    def _hello(self, exchange: _Exchange) -> None:
+    def _hello(self, exchange: _Exchange, client: int = 0) -> int:
+        """Check the client's flags (and, of several, that it is client ``client``); return its batches an epoch."""
         link = exchange.link
         step = exchange.next()
         hello = link.recv(MessageKind.CONTROL, step, dtype=torch.int64, shape=(CONTROL_SIZE,))
@@ -687,6 +710,11 @@ class ServerParty(_Party):
             differences = "; ".join(config_differences(self.config.text(), text))
             raise ConfigError(f"the client was started with other training flags ({differences})")
         start, batches = int(hello[3]), int(hello[4])
+        if int(hello[5]) != client:
+            problem = f"client {int(hello[5])} connected where client {client} was expected: check its --client"
+            link.send(MessageKind.ACK, step, _ack(0, 3))
+            link.send(MessageKind.CONTROL, step, _text_tensor(problem))
+            raise ConfigError(problem)
         self._schedule_for(batches)
         problem = self._start_at(start)
         if problem:
@@ -694,6 +722,7 @@ class ServerParty(_Party):
             link.send(MessageKind.CONTROL, step, _text_tensor(problem))
             raise CheckpointError(problem)
         link.send(MessageKind.ACK, step, _ack(1, start))
+        return batches
 
     def _start_at(self, start: int) -> str:
         """Load the state after epoch ``start - 1`` (a fresh model for 0); the problem as text, or ""."""
@@ -714,33 +743,38 @@ class ServerParty(_Party):
         return f"this server has no checkpoint after epoch {start - 1} in {self.state_dir}/"
 
     def _train(self, exchange: _Exchange, epoch: int, batches: int) -> None:
-        link = exchange.link
-        self.part.train()
-        self._sums.zero_()
-        shape = (None, *self.intermediate_shape)
+        self._start_training()
         with self._bar(batches, f"epoch {epoch} train") as bar:
             for batch in range(batches):
-                step = exchange.next()
-                received = _recv_rows(link, MessageKind.ACTIVATION, step, shape)
-                labels = link.recv(MessageKind.LABELS, step, dtype=torch.int64, shape=(len(received),))
-                self._check_labels(labels, step)
-                seen = received.clone().requires_grad_(True)
-                logits = self.part(seen)
-                loss = F.cross_entropy(logits, labels)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the server's loss became {loss.item()} at epoch {epoch}, batch {batch}")
-                self.optimizer.zero_grad()
-                loss.backward()
-                link.send(MessageKind.GRADIENT, step, seen.grad.contiguous())
-                self._optimise()
-                self._sums += torch.tensor(
-                    [loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)]
-                )
-                if self.recorder is not None:
-                    self.recorder.add(
-                        "train", epoch, activation=received, labels=labels, batch=torch.full((len(labels),), batch)
-                    )
+                self._train_step(exchange, epoch, batch)
                 bar.update()
+
+    def _start_training(self) -> None:
+        self.part.train()
+        self._sums.zero_()
+
+    def _train_step(self, exchange: _Exchange, epoch: int, batch: int, client: int | None = None) -> None:
+        """One training step of the client at the other end of ``exchange``: its batch in, the gradient back."""
+        link = exchange.link
+        step = exchange.next()
+        received = _recv_rows(link, MessageKind.ACTIVATION, step, (None, *self.intermediate_shape))
+        labels = link.recv(MessageKind.LABELS, step, dtype=torch.int64, shape=(len(received),))
+        self._check_labels(labels, step)
+        seen = received.clone().requires_grad_(True)
+        logits = self.part(seen)
+        loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the server's loss became {loss.item()} at epoch {epoch}, batch {batch}")
+        self.optimizer.zero_grad()
+        loss.backward()
+        link.send(MessageKind.GRADIENT, step, seen.grad.contiguous())
+        self._optimise()
+        self._sums += torch.tensor([loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)])
+        if self.recorder is not None:
+            rows = {"activation": received, "labels": labels, "batch": torch.full((len(labels),), batch)}
+            if client is not None:
+                rows["client"] = torch.full((len(labels),), client)
+            self.recorder.add("train", epoch, **rows)
 
     def _check_labels(self, labels: Tensor, step: int) -> None:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.config.num_classes):

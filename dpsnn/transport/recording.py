@@ -4,7 +4,8 @@ The server records every tensor it receives, with the labels where it has them, 
 folder of safetensors files. Each phase of the run has its own files:
 
 - ``train``: per epoch, ``activation`` (what crossed the wire, noise included), ``labels``
-  and ``batch`` (the index of the step within its epoch, one per row);
+  and ``batch`` (the index of the step within its epoch, one per row); with several clients
+  (:mod:`dpsnn.transport.several`) also ``client``, the index of the client that sent it;
 - ``val``: per epoch, ``activation`` and ``batch``;
 - ``inference``: the client's inference queries after training (its test split):
   ``activation`` and ``predicted`` (the class the server computed);
