@@ -98,6 +98,11 @@ def _add_link_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         help="clients training with one server (default: 1); client K meets the server at its port + K",
     )
     parser.add_argument(
+        "--ushaped",
+        action="store_true",
+        help="U-shaped split: the labels and the last layer stay with the client (one client only)",
+    )
+    parser.add_argument(
         "--scheme",
         choices=SCHEMES,
         default="round-robin",
@@ -166,6 +171,7 @@ def _config(args: argparse.Namespace) -> PartyConfig:
         batch_size=args.batch_size,
         clients=args.clients,
         scheme=args.scheme,
+        ushaped=args.ushaped,
     )
 
 
@@ -276,6 +282,7 @@ def _row(args: argparse.Namespace, config: PartyConfig, party: ClientParty, resu
         # after the first columns, so that a table of two-party runs gains them
         "clients": config.clients,
         "scheme": config.scheme if config.clients > 1 else "",
+        "ushaped": int(config.ushaped),
     }
 
 

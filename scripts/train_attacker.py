@@ -316,6 +316,11 @@ def check_recording_args(args: Any) -> None:
 def recorded_phase(recording: Recording, phase: str) -> dict[str, Tensor]:
     """The tensors of ``phase`` an attack reads; :class:`DataError`, saying when it is recorded, if it is missing."""
     names, when = RECORDED[phase]
+    if recording.metadata.get("ushaped") == "1":
+        raise DataError(
+            f"{recording.folder} is the recording of a U-shaped run: its server never computed a class, which the "
+            "label-only baseline needs; attack a vanilla run's recording"
+        )
     if not recording.has(phase):
         there = ", ".join(recording.phases())
         raise DataError(f"{recording.folder} has no {phase} phase (it has: {there}); the server records it {when}")

@@ -179,8 +179,9 @@ def test_two_processes_reach_the_single_process_accuracy(noisy_run, splits):
     assert int(row["n_test"]) == 300 and row["defences"] == single.trained_with()
 
 
-def test_without_noise_two_processes_train_exactly_as_one(tmp_path, data_root, splits):
-    flags = (*SMALL, "--nopeek-weight", "0.1")
+@pytest.mark.parametrize("shape", ["vanilla", "ushaped"])
+def test_without_noise_two_processes_train_exactly_as_one(shape, tmp_path, data_root, splits):
+    flags = (*SMALL, "--nopeek-weight", "0.1", *(["--ushaped"] if shape == "ushaped" else []))
     server, client = two_parties(tmp_path, data_root, (*flags, "--queries", "0"), (*flags, "--infer", "0"))
     finish(server, client)
     joined = join_parties(tmp_path / "models/split/client/final.ckpt", tmp_path / "models/split/server/final.ckpt")
@@ -188,6 +189,11 @@ def test_without_noise_two_processes_train_exactly_as_one(tmp_path, data_root, s
     for name, value in single.state_dict().items():
         torch.testing.assert_close(joined.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert not (tmp_path / "recordings" / "split" / "queries-part000.safetensors").exists()
+    train = Recording(tmp_path / "recordings" / "split").read("train", 0)
+    if shape == "ushaped":  # four messages a step: the server received the activation and its output's gradient
+        assert "labels" not in train and train["gradient"].shape == (384, 128)
+    else:
+        assert sorted(train["labels"].tolist()) == sorted(splits.train.labels.tolist()), "each label once an epoch"
 
 
 def test_an_attacker_trained_on_the_recording_matches_one_trained_in_process(noisy_run, data_root, monkeypatch):
@@ -323,6 +329,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         (["server", "--address", "127.0.0.1:1", "--clients", "2", "--resume"], "cannot be resumed"),
         (["server", "--address", "127.0.0.1:1", "--clients", "0"], "must be a positive integer"),
         (["client", "--address", "127.0.0.1:1", "--scheme", "gossip"], "invalid choice: 'gossip'"),
+        (["server", "--address", "127.0.0.1:1", "--clients", "2", "--ushaped", "--queries", "0"], "with one client"),
         (["server", "--address", "127.0.0.1:65535", "--clients", "2", "--queries", "0"], "past 65535"),
     ],
 )

@@ -6,6 +6,10 @@ in this vanilla split, the labels the client sends with each batch. One training
 three messages: the client sends what crosses the wire (``activation``) and the batch's
 ``labels``; the server answers with the gradient of the loss with respect to what it
 received. The server records everything it receives (:mod:`dpsnn.transport.recording`).
+In the U-shaped split (``PartyConfig(ushaped=True)``) the labels and the server part's last
+layer stay with the client (:func:`party_parts`) and a step is four messages: the activation,
+the server's output back, the gradient of the client's loss with respect to that output, and
+the gradient with respect to the activation back.
 
 A run is a conversation the client leads, in phases announced by ``control`` messages:
 ``hello`` (the two check that they were started with the same training flags and agree on
@@ -66,7 +70,15 @@ from dpsnn.models import SplitNN
 from dpsnn.transport.link import Link, MessageKind
 from dpsnn.transport.recording import RecordingWriter
 
-__all__ = ["ClientParty", "PartyConfig", "RunResult", "ServerParty", "join_parties", "two_party_defences"]
+__all__ = [
+    "ClientParty",
+    "PartyConfig",
+    "RunResult",
+    "ServerParty",
+    "join_parties",
+    "party_parts",
+    "two_party_defences",
+]
 
 PROTOCOL = 1
 CONTROL_SIZE = 8
@@ -136,6 +148,7 @@ class PartyConfig:
     batch_size: int = 128
     clients: int = 1
     scheme: str = "round-robin"
+    ushaped: bool = False
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -145,21 +158,27 @@ class PartyConfig:
             raise ConfigError(f"a run has at least one client, not {self.clients}")
         if self.scheme not in SCHEMES:
             raise ConfigError(f"unknown scheme {self.scheme!r}; the schemes are {', '.join(SCHEMES)}")
+        if self.ushaped and self.clients > 1:
+            raise ConfigError("the U-shaped split runs with one client; several clients use the vanilla split")
 
     def agreed(self) -> dict[str, str]:
         """The fields both parties must have equal, as text."""
-        return {
-            "protocol": str(PROTOCOL),
-            "architecture": self.architecture,
-            "dataset": self.dataset,
-            "defences": canonical(self.defences),
-            "learning_rate": repr(float(self.learning_rate)),
-            "lr_schedule": self.lr_schedule,
-            "max_epochs": str(self.max_epochs),
-            "seed": str(self.seed),
-            "num_classes": str(self.num_classes),
-            "input_shape": ",".join(map(str, self.input_shape)),
-        } | ({"clients": str(self.clients), "scheme": self.scheme} if self.clients > 1 else {})
+        return (
+            {
+                "protocol": str(PROTOCOL),
+                "architecture": self.architecture,
+                "dataset": self.dataset,
+                "defences": canonical(self.defences),
+                "learning_rate": repr(float(self.learning_rate)),
+                "lr_schedule": self.lr_schedule,
+                "max_epochs": str(self.max_epochs),
+                "seed": str(self.seed),
+                "num_classes": str(self.num_classes),
+                "input_shape": ",".join(map(str, self.input_shape)),
+            }
+            | ({"clients": str(self.clients), "scheme": self.scheme} if self.clients > 1 else {})
+            | ({"ushaped": "1"} if self.ushaped else {})
+        )
 
     def text(self) -> str:
         return "\n".join(f"{key}={value}" for key, value in self.agreed().items())
@@ -182,6 +201,20 @@ class PartyConfig:
             seed=self.seed,
             **self.metadata,
         )
+
+
+def party_parts(model: SplitNN, ushaped: bool) -> tuple[nn.Module, nn.Module]:
+    """What the client and the server train: ``model.client`` and ``model.server``, or in the U-shaped split the
+    client part with the server part's last layer (the head, and with it the labels) and the server part without it.
+
+    The parts share their modules with ``model``: training them trains it.
+    """
+    if not ushaped:
+        return model.client, model.server
+    layers = list(model.server.children()) if isinstance(model.server, nn.Sequential) else []
+    if len(layers) < 2:
+        raise ConfigError("the U-shaped split needs a server part that is a sequence of at least two layers")
+    return nn.ModuleList([model.client, layers[-1]]), nn.Sequential(*layers[:-1])
 
 
 def config_differences(mine: str, theirs: str) -> list[str]:
@@ -289,7 +322,7 @@ class _Party:
         self.state_dir = Path(state_dir)
         self.progress = progress
         self.model = config.build()
-        self.part: nn.Module = getattr(self.model, self.role)
+        self.part: nn.Module = party_parts(self.model, config.ushaped)[0 if self.role == "client" else 1]
         self.optimizer = torch.optim.Adam(self.part.parameters(), lr=config.learning_rate)
         self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
         self.epoch = 0  # epochs finished
@@ -399,6 +432,8 @@ class ClientParty(_Party):
         self.answer_queries = answer_queries
         self.log = log
         self.index = 0  # which of several clients this is
+        self._sums = torch.zeros(3, dtype=torch.float64)  # U-shaped: the client's loss sum, correct, examples
+        self.middle_shape = _middle_shape(self.model, config) if config.ushaped else ()
         self.batches = math.ceil(len(splits.train) / config.batch_size)
         self._schedule_for(self.batches)
         self.reports: list[EpochReport] = []
@@ -477,15 +512,20 @@ class ClientParty(_Party):
         if is_best:
             self.best_correct, self.best_dcor = correct, dcor
         dcor_mean, dcor_se = mean_and_se(dcor)
+        train_loss, train_accuracy = float(ack[1]), float(ack[2])
+        if self.config.ushaped:  # the server has no labels: the training figures are the client's
+            loss_sum, right, count = self._sums.tolist()
+            train_loss, train_accuracy = loss_sum / max(count, 1), right / max(count, 1)
         report = EpochReport(
-            epoch, accuracy, accuracy_se, dcor_mean, dcor_se, float(ack[1]), float(ack[2]), time.monotonic() - started
+            epoch, accuracy, accuracy_se, dcor_mean, dcor_se, train_loss, train_accuracy, time.monotonic() - started
         )
         self.reports.append(report)
         self.epoch = epoch + 1
         self._checkpoint()
+        whose = "train" if self.config.ushaped else "server's train"
         self.log(
             f"epoch {epoch}: val accuracy {accuracy:.4f} ± {accuracy_se:.4f}, dCor {dcor_mean:.3f}; "
-            f"server's train loss {report.train_loss:.4f}, accuracy {report.train_accuracy:.4f} "
+            f"{whose} loss {report.train_loss:.4f}, accuracy {report.train_accuracy:.4f} "
             f"({report.seconds:.0f} s)"
         )
 
@@ -506,6 +546,7 @@ class ClientParty(_Party):
         link.send(MessageKind.CONTROL, exchange.next(), announce)
         _draw_like_a_data_loader()
         self.model.train()
+        self._sums.zero_()
         with self._bar(self.batches, f"epoch {epoch} train") as bar:
             for x, y in self._epoch_batches(epoch):
                 step = exchange.next()
@@ -513,9 +554,12 @@ class ClientParty(_Party):
                 sent = self.model.wire(h)
                 terms = [term for d in self.config.defences for term in d.loss_terms(x, h, None, y).values()]
                 link.send(MessageKind.ACTIVATION, step, sent.detach().contiguous())
-                link.send(MessageKind.LABELS, step, y)
-                gradient = link.recv(MessageKind.GRADIENT, step, dtype=sent.dtype, shape=tuple(sent.shape))
                 self.optimizer.zero_grad()
+                if self.config.ushaped:
+                    self._head_step(link, step, y)
+                else:
+                    link.send(MessageKind.LABELS, step, y)
+                gradient = link.recv(MessageKind.GRADIENT, step, dtype=sent.dtype, shape=tuple(sent.shape))
                 outputs, grads = [sent], [gradient]
                 if terms:
                     outputs.append(torch.stack(terms).sum())
@@ -523,6 +567,18 @@ class ClientParty(_Party):
                 torch.autograd.backward(outputs, grads)
                 self._optimise()
                 bar.update()
+
+    def _head_step(self, link: Link, step: int, y: Tensor) -> None:
+        """The U-shaped split's middle of a step: the server's output in, the loss on the head, its gradient out."""
+        middle = link.recv(MessageKind.ACTIVATION, step, dtype=torch.float32, shape=(len(y), *self.middle_shape))
+        middle.requires_grad_(True)
+        logits = self.part[1](middle)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the client's loss became {loss.item()} at step {step}")
+        loss.backward()
+        link.send(MessageKind.GRADIENT, step, middle.grad.contiguous())
+        self._sums += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)])
 
     @torch.no_grad()
     def _validate(self, exchange: _Exchange, epoch: int) -> tuple[Tensor, Tensor]:
@@ -545,6 +601,11 @@ class ClientParty(_Party):
         step = exchange.next()
         sent = self.model.encode(x).contiguous()
         exchange.link.send(MessageKind.ACTIVATION, step, sent)
+        if self.config.ushaped:  # the server's output; the head, and so the class, are the client's
+            middle = exchange.link.recv(
+                MessageKind.ACTIVATION, step, dtype=torch.float32, shape=(len(x), *self.middle_shape)
+            )
+            return self.part[1](middle), sent
         logits = exchange.link.recv(
             MessageKind.LOGITS, step, dtype=torch.float32, shape=(len(x), self.config.num_classes)
         )
@@ -606,6 +667,14 @@ class ClientParty(_Party):
             result.n_test = len(test)
         result.queries_answered = answered
         return result
+
+
+def _middle_shape(model: SplitNN, config: PartyConfig) -> tuple[int, ...]:
+    """The shape of one row of the U-shaped server's output: what its head, on the client, takes."""
+    body = party_parts(model, True)[1]
+    model.eval()
+    with torch.no_grad():
+        return tuple(body(model.client(torch.zeros(2, *config.input_shape))).shape[1:])
 
 
 def _draw_like_a_data_loader() -> None:
@@ -758,23 +827,39 @@ class ServerParty(_Party):
         link = exchange.link
         step = exchange.next()
         received = _recv_rows(link, MessageKind.ACTIVATION, step, (None, *self.intermediate_shape))
-        labels = link.recv(MessageKind.LABELS, step, dtype=torch.int64, shape=(len(received),))
-        self._check_labels(labels, step)
         seen = received.clone().requires_grad_(True)
+        rows = {"activation": received, "batch": torch.full((len(received),), batch)}
+        self.optimizer.zero_grad()
+        if self.config.ushaped:
+            rows["gradient"] = self._body_step(link, step, seen)
+        else:
+            rows["labels"] = self._head_loss(link, step, seen, epoch, batch)
+        link.send(MessageKind.GRADIENT, step, seen.grad.contiguous())
+        self._optimise()
+        if self.recorder is not None:
+            if client is not None:
+                rows["client"] = torch.full((len(received),), client)
+            self.recorder.add("train", epoch, **rows)
+
+    def _head_loss(self, link: Link, step: int, seen: Tensor, epoch: int, batch: int) -> Tensor:
+        """The vanilla split: the labels in, the loss on the server part, backward; return the labels."""
+        labels = link.recv(MessageKind.LABELS, step, dtype=torch.int64, shape=(len(seen),))
+        self._check_labels(labels, step)
         logits = self.part(seen)
         loss = F.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the server's loss became {loss.item()} at epoch {epoch}, batch {batch}")
-        self.optimizer.zero_grad()
         loss.backward()
-        link.send(MessageKind.GRADIENT, step, seen.grad.contiguous())
-        self._optimise()
         self._sums += torch.tensor([loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(), len(labels)])
-        if self.recorder is not None:
-            rows = {"activation": received, "labels": labels, "batch": torch.full((len(labels),), batch)}
-            if client is not None:
-                rows["client"] = torch.full((len(labels),), client)
-            self.recorder.add("train", epoch, **rows)
+        return labels
+
+    def _body_step(self, link: Link, step: int, seen: Tensor) -> Tensor:
+        """The U-shaped split: the output out to the client's head, its gradient in, backward; return that gradient."""
+        output = self.part(seen)
+        link.send(MessageKind.ACTIVATION, step, output.detach().contiguous())
+        gradient = link.recv(MessageKind.GRADIENT, step, dtype=output.dtype, shape=tuple(output.shape))
+        output.backward(gradient)
+        return gradient
 
     def _check_labels(self, labels: Tensor, step: int) -> None:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.config.num_classes):
@@ -790,12 +875,14 @@ class ServerParty(_Party):
         for batch in range(batches):
             step = exchange.next()
             received = _recv_rows(link, MessageKind.ACTIVATION, step, shape)
-            logits = self.part(received).contiguous()
-            link.send(MessageKind.LOGITS, step, logits)
+            output = self.part(received).contiguous()  # the logits; U-shaped, what the client's head takes
+            link.send(MessageKind.ACTIVATION if self.config.ushaped else MessageKind.LOGITS, step, output)
             if self.recorder is not None:
                 rows = {"activation": received, "batch": torch.full((len(received),), batch)}
                 if phase == "inference":
-                    rows = {"activation": received, "predicted": logits.argmax(dim=1)}
+                    rows = {"activation": received}
+                    if not self.config.ushaped:
+                        rows["predicted"] = output.argmax(dim=1)
                 self.recorder.add(phase, epoch, **rows)
 
     def _validate(self, exchange: _Exchange, epoch: int, batches: int) -> None:
@@ -812,7 +899,12 @@ class ServerParty(_Party):
         self._checkpoint()
         loss_sum, correct, count = self._sums.tolist()
         exchange.link.send(MessageKind.ACK, step, _ack(1, loss_sum / max(count, 1), correct / max(count, 1)))
-        self.log(f"epoch {epoch}: train loss {loss_sum / max(count, 1):.4f}, accuracy {correct / max(count, 1):.4f}")
+        if self.config.ushaped:  # no labels here: the loss is the client's
+            self.log(f"epoch {epoch}: done")
+        else:
+            self.log(
+                f"epoch {epoch}: train loss {loss_sum / max(count, 1):.4f}, accuracy {correct / max(count, 1):.4f}"
+            )
 
     def _finish_run(self, exchange: _Exchange, step: int) -> Path:
         path = self._finish()
@@ -839,8 +931,10 @@ class ServerParty(_Party):
             link.send(MessageKind.IMAGES, step, images.contiguous())
             answer = link.recv(MessageKind.ACTIVATION, step, dtype=torch.float32, shape=(len(images), *shape[1:]))
             if self.recorder is not None:
-                predicted = self.part(answer).argmax(dim=1)
-                self.recorder.add("queries", images=images, labels=labels, activation=answer, predicted=predicted)
+                rows = {"images": images, "labels": labels, "activation": answer}
+                if not self.config.ushaped:  # without the head the server does not compute a class
+                    rows["predicted"] = self.part(answer).argmax(dim=1)
+                self.recorder.add("queries", **rows)
         if self.recorder is not None:
             self.recorder.flush("queries")
         if not welcome and self.queries is not None and len(self.queries):
@@ -868,7 +962,9 @@ def join_parties(client_path: str | Path, server_path: str | Path) -> SplitNN:
         differences = "; ".join(config_differences(str(client.get("agreed")), str(server.get("agreed"))))
         raise CheckpointError(f"{client_path} and {server_path} come from runs with other flags ({differences})")
     model = SplitNN(**client["hyper_parameters"])
-    model.client.load_state_dict(client["state_dict"])
-    model.server.load_state_dict(server["state_dict"])
+    ushaped = "ushaped=1" in str(client.get("agreed", "")).splitlines()
+    client_part, server_part = party_parts(model, ushaped)
+    client_part.load_state_dict(client["state_dict"])
+    server_part.load_state_dict(server["state_dict"])
     model.eval()
     return model
