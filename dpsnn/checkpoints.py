@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from dpsnn.attacks.inversion import InversionAttacker
+from dpsnn.attacks._decoder_module import InversionAttacker
 from dpsnn.defences import Defence
 from dpsnn.defences.base import format_number
 from dpsnn.errors import CheckpointError, ConfigError

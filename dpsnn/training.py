@@ -20,8 +20,9 @@ from pathlib import Path
 import lightning as L
 from torch import Tensor, nn
 
+from dpsnn.attacks._decoder_module import InversionAttacker
 from dpsnn.attacks.base import AttackTraining
-from dpsnn.attacks.inversion import DecoderAttack, InversionAttacker
+from dpsnn.attacks.inversion import DecoderAttack
 from dpsnn.checkpoints import load_validator, save_checkpoint
 from dpsnn.data import Split, Splits
 from dpsnn.loops import BestWeights, make_trainer

@@ -28,6 +28,12 @@ PURE_MODULES = (
     "dpsnn.attacks.base",
     "dpsnn.architectures",
     "dpsnn.inference",
+    # every attack spec: the registry is read without Lightning (the fitted decoder lives apart)
+    "dpsnn.attacks.inversion",
+    "dpsnn.attacks.best_of",
+    "dpsnn.attacks.membership",
+    "dpsnn.attacks.lira",
+    "dpsnn.attacks.whitebox",
     # what the analysis notebooks import: reading results never loads the trainers
     "dpsnn.experiments.store",
     "dpsnn.experiments.summary",

@@ -31,7 +31,7 @@ _ENTRIES = {
     "LabelOnlyBaseline": "dpsnn.attacks.baseline",
     "Decoder": "dpsnn.attacks.inversion",
     "DecoderAttack": "dpsnn.attacks.inversion",
-    "InversionAttacker": "dpsnn.attacks.inversion",
+    "InversionAttacker": "dpsnn.attacks._decoder_module",
     "what_server_sees": "dpsnn.attacks.inversion",
     "Lira": "dpsnn.attacks.lira",
     "FittedLira": "dpsnn.attacks.lira",

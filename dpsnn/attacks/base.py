@@ -192,7 +192,8 @@ def registered_attacks() -> dict[str, type[Attack]]:
     import dpsnn.attacks
 
     for module in pkgutil.iter_modules(dpsnn.attacks.__path__):
-        importlib.import_module(f"dpsnn.attacks.{module.name}")
+        if not module.name.startswith("_"):  # a private module registers nothing
+            importlib.import_module(f"dpsnn.attacks.{module.name}")
     return dict(ATTACKS)
 
 

@@ -31,9 +31,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,8 +41,6 @@ from dpsnn.attacks.base import (
     DEFAULT_TRAINING,
     Attack,
     AttackTraining,
-    Observation,
-    Reconstructions,
     ThreatModel,
     observe,
     register_attack,
@@ -51,8 +48,12 @@ from dpsnn.attacks.base import (
 from dpsnn.data import tensor_loader
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.inference import batched
-from dpsnn.loops import make_trainer
 from dpsnn.metrics import per_image_ssim
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from dpsnn.attacks._decoder_module import InversionAttacker
 
 Shape = tuple[int, ...]
 
@@ -167,70 +168,19 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor, loss: str) -> T
     return mse + (1 - per_image_ssim(reconstructions, images, compute_dtype=torch.float32)).mean()
 
 
-class InversionAttacker(L.LightningModule):
-    """A decoder trained on ``(what_server_sees, image)`` batches; the fitted form of every decoder attack.
+def _seed_everything(seed: int) -> None:
+    import lightning as L  # here, not at import: the attack specs are read without Lightning
 
-    ``decoder_size``, ``loss`` and ``num_classes`` (the one-hot labels appended to what
-    the server sees; 0 for none) are recorded in the checkpoint, so it loads as it was
-    trained; checkpoints written before they existed load as the ``decoder`` attack.
-    """
+    L.seed_everything(seed, verbose=False)
 
-    def __init__(
-        self,
-        learning_rate: float = 1e-3,
-        intermediate_shape: Sequence[int] | None = None,
-        image_shape: Sequence[int] = (1, 28, 28),
-        intermediate_size: int | None = None,  # checkpoints written before shapes were recorded
-        decoder_size: str = "standard",
-        loss: str = "mse",
-        num_classes: int = 0,
-        **metadata: Any,
-    ) -> None:
-        super().__init__()
-        if intermediate_shape is None:
-            intermediate_shape = (intermediate_size or 500,)
-        if loss not in LOSSES:
-            raise ConfigError(f"unknown decoder loss '{loss}'; choose from {', '.join(LOSSES)}")
-        self.save_hyperparameters(
-            {
-                "learning_rate": learning_rate,
-                "intermediate_shape": list(intermediate_shape),
-                "image_shape": list(image_shape),
-                "decoder_size": decoder_size,
-                "loss": loss,
-                "num_classes": num_classes,
-                **metadata,
-            }
-        )
-        self.decoder = Decoder(conditioned_shape(intermediate_shape, num_classes), image_shape, decoder_size)
 
-    def forward(self, what_server_sees: Tensor, labels: Tensor | None = None) -> Tensor:
-        num_classes = self.hparams.num_classes
-        if num_classes:
-            if labels is None:
-                raise ConfigError("this decoder is conditioned on the predicted label: pass the labels too")
-            what_server_sees = with_labels(what_server_sees, labels, num_classes)
-        return self.decoder(what_server_sees)
+def __getattr__(name: str) -> Any:
+    """:class:`InversionAttacker` lives in its own module (it is a LightningModule); it is still found here."""
+    if name == "InversionAttacker":
+        from dpsnn.attacks._decoder_module import InversionAttacker
 
-    def run(self, observation: Observation) -> Reconstructions:
-        """The reconstructions of the images behind what the server saw (and, if conditioned, its labels)."""
-        if not self.hparams.num_classes:
-            return Reconstructions(batched(self, observation.seen))
-        inputs = with_labels(observation.seen, observation.predicted, self.hparams.num_classes)
-        return Reconstructions(batched(self.decoder, inputs, module=self))
-
-    def _shared_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
-        seen, images, *labels = batch
-        reconstructions = self(seen, *labels)
-        loss = reconstruction_loss(reconstructions, images, self.hparams.loss)
-        self.log(f"{stage}_{self.hparams.loss}", loss, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+        return InversionAttacker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def what_server_sees(target: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
@@ -276,7 +226,7 @@ class DecoderAttack(Attack):
         images = aux.images if hasattr(aux, "images") else aux
         if len(images) == 0:
             raise DataError("the attacker's auxiliary split is empty")
-        L.seed_everything(seed, verbose=False)
+        _seed_everything(seed)
         observation = observe(target, images, seed) if self.conditioned else None
         seen = observation.seen if observation is not None else what_server_sees(target, images)
         predicted = observation.predicted if observation is not None else None
@@ -306,7 +256,7 @@ class DecoderAttack(Attack):
             raise ConfigError(f"attack '{self.name}' is conditioned on the label the server predicts: pass predicted")
         labels = predicted if self.conditioned else None
         _check_pairs(seen, images, labels, num_classes)
-        L.seed_everything(seed, verbose=False)
+        _seed_everything(seed)
         classes = num_classes if self.conditioned else 0
         return self._train(seen.float(), images.float(), training, seed, labels, classes, metadata)
 
@@ -321,6 +271,8 @@ class DecoderAttack(Attack):
         metadata: dict[str, Any],
     ) -> InversionAttacker:
         """A decoder trained on ``(seen, image[, predicted])`` batches (``num_classes`` 0: not conditioned)."""
+        from dpsnn.attacks._decoder_module import InversionAttacker
+
         attacker = InversionAttacker(
             learning_rate=training.learning_rate,
             intermediate_shape=tuple(seen.shape[1:]),
@@ -339,6 +291,8 @@ class DecoderAttack(Attack):
         return attacker
 
     def _trainer(self, training: AttackTraining) -> L.Trainer:
+        from dpsnn.loops import make_trainer
+
         if training.max_steps is None:
             epochs = training.max_epochs * self.budget_factor
             return make_trainer(epochs, training.progress, training.log_dir, "attacker")
