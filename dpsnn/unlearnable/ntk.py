@@ -25,7 +25,7 @@ pixel position: this module implements the fully connected kernels only. Example
     import torch
     from dpsnn.unlearnable.ntk import FullyConnectedKernel
 
-    kernel = FullyConnectedKernel(depth=3, activation="relu")
+    kernel = FullyConnectedKernel(activation="relu")  # five hidden layers, as NTGA's surrogate
     x = torch.randn(8, 784)
     nngp, ntk = kernel(x)              # two (8, 8) float64 matrices
     cross = kernel(x[:3], x)           # (3, 8) each: between two sets of inputs
@@ -59,13 +59,15 @@ class Kernels(NamedTuple):
 class FullyConnectedKernel:
     """The infinite-width kernels of ``depth`` dense hidden layers with ``activation``, then a dense readout.
 
-    ``weight_std`` and ``bias_std`` are σ_w and σ_b of every layer (NTK parametrisation).
+    ``weight_std`` and ``bias_std`` are σ_w and σ_b of every layer (NTK parametrisation). The
+    defaults are the fully connected surrogate of the published NTGA: five hidden layers,
+    σ_w² = 1.76, σ_b² = 0.18.
     """
 
-    depth: int = 3
+    depth: int = 5
     activation: str = "relu"
-    weight_std: float = math.sqrt(2.0)
-    bias_std: float = 0.1
+    weight_std: float = math.sqrt(1.76)
+    bias_std: float = math.sqrt(0.18)
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
