@@ -132,7 +132,7 @@ class RoundsServer(ServerParty):
             if self.config.scheme == "round-robin":
                 self._round_robin(exchanges, epoch)
             else:
-                self._splitfed(exchanges, epoch, batches)
+                self._splitfed(exchanges, epoch)
             self._round_end(exchanges[0], epoch)
         return self._done(exchanges)
 
@@ -164,7 +164,7 @@ class RoundsServer(ServerParty):
             self.model.client.load_state_dict(recv_weights(exchange, self.model.client))
         self.log(f"epoch {epoch}: {len(exchanges)} clients took their turns")
 
-    def _splitfed(self, exchanges: Sequence[_Exchange], epoch: int, sizes: Sequence[int]) -> None:
+    def _splitfed(self, exchanges: Sequence[_Exchange], epoch: int) -> None:
         self._start_training()
         for client, exchange in enumerate(exchanges):
             self._turn(exchange, Op.TURN, epoch, client)
