@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dpsnn.architectures import intermediate_shape
 from dpsnn.checkpoints import read_checkpoint
 from dpsnn.data import Split, Splits
 from dpsnn.defences import Defence, canonical, check, defence_from
@@ -671,10 +672,7 @@ class ClientParty(_Party):
 
 def _middle_shape(model: SplitNN, config: PartyConfig) -> tuple[int, ...]:
     """The shape of one row of the U-shaped server's output: what its head, on the client, takes."""
-    body = party_parts(model, True)[1]
-    model.eval()
-    with torch.no_grad():
-        return tuple(body(model.client(torch.zeros(2, *config.input_shape))).shape[1:])
+    return intermediate_shape(nn.Sequential(model.client, party_parts(model, True)[1]), config.input_shape)
 
 
 def _draw_like_a_data_loader() -> None:
@@ -724,15 +722,10 @@ class ServerParty(_Party):
         self.queries = queries
         self.resume = resume
         self.log = log
-        self.intermediate_shape = self._intermediate_shape()
+        self.intermediate_shape = intermediate_shape(self.model.client, config.input_shape)
         metadata = {**config.agreed(), "wire": canonical(self.model.wire_defences), **(record_metadata or {})}
         self.recorder = RecordingWriter(record, metadata) if record is not None else None
         self._sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples of the epoch
-
-    def _intermediate_shape(self) -> tuple[int, ...]:
-        self.model.eval()
-        with torch.no_grad():
-            return tuple(self.model.client(torch.zeros(2, *self.config.input_shape)).shape[1:])
 
     def run(self, link: Link) -> Path:
         """Serve one client's run to its end; return the path of the final server checkpoint."""
