@@ -18,6 +18,13 @@ A dataset is looked for in three places, in this order:
 3. a torchvision download into a scratch folder under ``data/``, moved into place when
    complete (skipped when the environment sets ``DPSNN_OFFLINE=1``).
 
+A *derived* dataset ``SOURCE+TAG`` (e.g. ``fashion-mnist+ntga``) is a perturbed copy of the
+official training set of ``SOURCE`` (same images in the same order, same labels), such as the
+unlearnable copies :mod:`dpsnn.unlearnable` makes; its test set is the clean official one. It is
+stored as ``data/derived/SOURCE+TAG/train.safetensors`` (uint8 ``images``, int64 ``labels`` and
+string metadata) and checked against its source when read: a copy whose shape or labels differ
+is refused. Splits of it are drawn as from the source, so its val and aux splits are perturbed too.
+
 CIFAR's batches are pickles. They are read with a restricted unpickler that rebuilds
 numpy arrays and nothing else: a file that would run any other code when read is
 refused with :class:`DataError`, and so is a file whose content is not a CIFAR batch.
@@ -35,18 +42,23 @@ transforms. Example::
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from torchvision import datasets as tv_datasets
@@ -81,6 +93,7 @@ class DatasetInfo:
     train_files: tuple[str, ...] = ()  # CIFAR: the batches of the official training set
     test_files: tuple[str, ...] = ()  # CIFAR: the batches of the official test set
     labels_key: str = "labels"  # CIFAR: the key of the labels in a batch
+    derived_from: str | None = None  # a derived dataset: the registered dataset it is a perturbed copy of
 
     @property
     def folder(self) -> Path:
@@ -166,13 +179,100 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+DERIVED_FOLDER = "derived"
+_DERIVED_TAG = re.compile(r"[a-z0-9][a-z0-9.\-]*")
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """Return the registry entry of ``name`` or raise :class:`DataError`."""
+    """Return the registry entry of ``name`` (``SOURCE+TAG`` for a derived dataset) or raise :class:`DataError`."""
+    source, plus, tag = name.partition("+")
     try:
-        return DATASETS[name]
+        info = DATASETS[source]
     except KeyError:
         known = ", ".join(sorted(DATASETS))
-        raise DataError(f"unknown dataset '{name}'; choose one of: {known}") from None
+        raise DataError(f"unknown dataset '{name}'; choose one of: {known}, or SOURCE+TAG for a derived copy") from None
+    if not plus:
+        return info
+    if not _DERIVED_TAG.fullmatch(tag):
+        raise DataError(
+            f"'{name}' is not a derived dataset name: after '+' use lower-case letters, digits, '.' and '-'"
+        )
+    return dataclasses.replace(info, name=name, derived_from=source)
+
+
+def derived_file(name: str, root: str | Path = DEFAULT_DATA_DIR) -> Path:
+    """Where the derived dataset ``name`` (``SOURCE+TAG``) is stored under ``root``."""
+    if dataset_info(name).derived_from is None:
+        raise DataError(f"'{name}' is a registered dataset, not a derived one (SOURCE+TAG)")
+    return Path(root) / DERIVED_FOLDER / name / "train.safetensors"
+
+
+def save_derived(
+    name: str, images: Tensor, metadata: dict[str, str], root: str | Path = DEFAULT_DATA_DIR, **source_options: Any
+) -> Path:
+    """Write ``images`` (uint8, the source's training set perturbed, in its order) as the derived dataset ``name``.
+
+    The labels are the source's own. The file is written atomically; ``source_options``
+    (``system_dir``, ``download``) are passed to :func:`load_images` for the source.
+    """
+    info = dataset_info(name)
+    path = derived_file(name, root)
+    _, labels = load_images(info.derived_from, True, root, **source_options)
+    expected = (len(labels), *info.image_shape)
+    if images.dtype != torch.uint8 or tuple(images.shape) != expected:
+        raise DataError(
+            f"a derived copy of '{info.derived_from}' holds {expected} uint8 images, not {tuple(images.shape)} "
+            f"{images.dtype}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"images": images.contiguous(), "labels": labels.to(torch.int64).contiguous()}
+    with atomic_path(path) as partial:
+        save_safetensors(tensors, str(partial), metadata={"source": info.derived_from, **metadata})
+    return path
+
+
+def derived_metadata(name: str, root: str | Path = DEFAULT_DATA_DIR) -> dict[str, str]:
+    """The string metadata stored with the derived dataset ``name`` (how it was made)."""
+    path = derived_file(name, root)
+    if not path.is_file():
+        raise _derived_missing(name, path)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return dict(file.metadata() or {})
+    except Exception as error:  # safetensors raises its own error types for damaged headers
+        raise DataError(f"derived dataset {path} cannot be read ({error}); delete it and make it again") from None
+
+
+def _derived_missing(name: str, path: Path) -> DataError:
+    source, _, tag = name.partition("+")
+    return DataError(
+        f"derived dataset '{name}' not found at {path}; make it with: "
+        f"python scripts/unlearnable.py make --dataset {source} --method {tag}"
+    )
+
+
+def _load_derived(info: DatasetInfo, root: Path, system_dir: Path, download: bool) -> tuple[Tensor, Tensor]:
+    """The derived copy of the source's training set, checked against the source (safetensors: no code runs)."""
+    path = derived_file(info.name, root)
+    if not path.is_file():
+        raise _derived_missing(info.name, path)
+    try:
+        tensors = load_safetensors(str(path))
+    except Exception as error:  # a truncated or foreign file
+        raise DataError(f"derived dataset {path} cannot be read ({error}); delete it and make it again") from None
+    images, labels = tensors.get("images"), tensors.get("labels")
+    _, source_labels = load_images(info.derived_from, True, root, system_dir, download)
+    expected = (len(source_labels), *info.image_shape)
+    if images is None or labels is None or images.dtype != torch.uint8 or tuple(images.shape) != expected:
+        raise DataError(
+            f"derived dataset {path} does not match its source '{info.derived_from}' (it must hold {expected} "
+            "uint8 images and their labels); make it again"
+        )
+    if not torch.equal(labels.to(torch.int64), source_labels):
+        raise DataError(
+            f"derived dataset {path} does not match its source '{info.derived_from}': its labels differ; make it again"
+        )
+    return images.to(torch.float32).div_(255.0), source_labels
 
 
 def image_shape(name: str) -> tuple[int, int, int]:
@@ -274,6 +374,11 @@ def ensure_dataset(
     """
     info = dataset_info(name)
     root, system_dir = Path(root), Path(system_dir)
+    if info.derived_from is not None:
+        path = derived_file(name, root)
+        if not path.is_file():
+            raise _derived_missing(name, path)
+        return ensure_dataset(info.derived_from, root, system_dir, download)
     raw = _raw_dir(info, root)
     if _has_raw_files(raw, info) or _install_from_system(info, root, system_dir):
         return raw
@@ -416,6 +521,10 @@ def load_images(
     starting at 0.
     """
     info = dataset_info(name)
+    if info.derived_from is not None:
+        if train:
+            return _load_derived(info, Path(root), Path(system_dir), download)
+        return load_images(info.derived_from, False, root, system_dir, download)
     folder = ensure_dataset(name, root, system_dir, download)
     if info.file_format == "cifar":
         return _load_cifar(info, folder, train)

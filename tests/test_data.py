@@ -415,7 +415,9 @@ def test_unknown_dataset_lists_known_names(call: Callable[..., object], root: Pa
 
     message = str(caught.value)
     assert "unknown dataset 'cifar-10'" in message
-    assert message.endswith("choose one of: cifar10, cifar100, emnist-letters, fashion-mnist, mnist")
+    assert message.endswith(
+        "choose one of: cifar10, cifar100, emnist-letters, fashion-mnist, mnist, or SOURCE+TAG for a derived copy"
+    )
     assert not root.exists()
 
 

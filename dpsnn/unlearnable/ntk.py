@@ -77,10 +77,10 @@ class FullyConnectedKernel:
         if not (self.weight_std > 0 and self.bias_std >= 0):
             raise ConfigError("weight_std must be positive and bias_std non-negative")
 
-    def __call__(self, x1: Tensor, x2: Tensor | None = None) -> Kernels:
-        """The kernels between the rows of ``x1`` and of ``x2`` (default: ``x1``), flattened, in float64."""
-        a = x1.reshape(len(x1), -1).double()
-        b = a if x2 is None else x2.reshape(len(x2), -1).double()
+    def __call__(self, x1: Tensor, x2: Tensor | None = None, dtype: torch.dtype = torch.float64) -> Kernels:
+        """The kernels between the rows of ``x1`` and of ``x2`` (default: ``x1``), flattened, in ``dtype``."""
+        a = x1.reshape(len(x1), -1).to(dtype)
+        b = a if x2 is None else x2.reshape(len(x2), -1).to(dtype)
         if a.shape[1] != b.shape[1]:
             raise ConfigError(f"inputs of {a.shape[1]} and {b.shape[1]} features have no kernel between them")
         sw2, sb2 = self.weight_std**2, self.bias_std**2
@@ -98,13 +98,18 @@ class FullyConnectedKernel:
         return Kernels(cross, ntk)
 
 
+_COSINE_EDGE = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 Expectations = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 
 
 def _relu(cross: Tensor, diag_a: Tensor, diag_b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """E[φ(u)φ(v)] and E[φ′(u)φ′(v)] for ReLU, and E[φ(u)²] on each side."""
     norms = torch.sqrt(diag_a[:, None] * diag_b[None, :])
-    cosine = (cross / norms).clamp(-1.0, 1.0)
+    # A pair of equal inputs has cosine 1, where arccos has an infinite slope: clamping just inside keeps
+    # gradients finite (0 there, as the angle of an input with itself is constant) at a relative cost of
+    # ~1e-6 in float64 (~1e-3 in float32, whose nearest number below 1 is 6e-8 away).
+    edge = _COSINE_EDGE[cross.dtype]
+    cosine = (cross / norms).clamp(-1.0 + edge, 1.0 - edge)
     angle = torch.arccos(cosine)
     values = norms * (torch.sin(angle) + (math.pi - angle) * cosine) / (2 * math.pi)
     derivatives = (math.pi - angle) / (2 * math.pi)
@@ -124,7 +129,6 @@ def _erf(cross: Tensor, diag_a: Tensor, diag_b: Tensor) -> tuple[Tensor, Tensor,
     return values, derivatives, squared(diag_a, scale_a), squared(diag_b, scale_b)
 
 
-#: For each activation: E[φ(u)φ(v)], E[φ′(u)φ′(v)] and E[φ(u)²], E[φ(v)²] from the covariance of (u, v).
 #: Per activation: E[φ(u)φ(v)], E[φ′(u)φ′(v)], E[φ(u)²] and E[φ(v)²] for (u, v) of the given covariance.
 EXPECTATIONS: dict[str, Expectations] = {"relu": _relu, "erf": _erf}
 
