@@ -15,6 +15,9 @@ each recipe and seed, and appends the clean test accuracy with its standard erro
 accuracy on the poisoned and the clean validation split) to results/unlearnable/train.csv; runs
 already there are skipped. The recipes outside the competition's rules (``oracle-early-stop``,
 ``last-layer``) are given the clean copies of the validation and auxiliary splits.
+
+``summary`` writes results/unlearnable/summary.csv: each setting's mean clean test accuracy
+over its seeds with the standard error, and prints it as a table.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from dpsnn.cli import (
     run,
 )
 from dpsnn.data import DEFAULT_DATA_DIR, Splits, dataset_info, derived_metadata, make_splits
-from dpsnn.errors import ConfigError
-from dpsnn.results import RESULTS_DIR, append_rows, read_table
+from dpsnn.errors import ConfigError, ResultsError
+from dpsnn.results import RESULTS_DIR, append_rows, read_table, write_table
 from dpsnn.unlearnable.poisons import POISONS, PoisonJob, check_poison, make_unlearnable
 from dpsnn.unlearnable.recipes import Recipe, RecipeResult, recipe_from, recipe_names, train_with_recipe
+from dpsnn.unlearnable.report import markdown_table, summarise
 
 TRAIN_KEYS = ("dataset", "method", "epsilon", "architecture", "recipe", "seed", "epochs", "train_size")
 #: The default budget per image size: the published ε for MNIST-like gray images, and for CIFAR.
@@ -109,6 +113,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train = commands.add_parser("train", help="train on a (poisoned) dataset with recipes")
     _train_arguments(train)
     add_run_arguments(train, DEFAULT_DATA_DIR, RESULTS_DIR / "unlearnable")
+    summary = commands.add_parser("summary", help="summarise train.csv over seeds into summary.csv")
+    summary.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "unlearnable")
     return parser.parse_args(argv)
 
 
@@ -229,9 +235,20 @@ def _train_one(
     )
 
 
+def summary(args: argparse.Namespace) -> None:
+    table = args.results_dir / "train.csv"
+    if not table.is_file():
+        raise ResultsError(f"no results at {table}: run `scripts/unlearnable.py train` first")
+    _, rows = read_table(table)
+    summarised = summarise(rows)
+    written = write_table(args.results_dir / "summary.csv", summarised)
+    print(markdown_table(summarised))
+    print(f"written {written}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    {"make": make, "train": train}[args.command](args)
+    {"make": make, "train": train, "summary": summary}[args.command](args)
     return 0
 
 

@@ -195,6 +195,20 @@ def test_make_then_train_writes_rows_with_standard_errors(mnist, root, tmp_path,
     assert run_script([*train, *small, *folders], monkeypatch) == 0  # a second run skips what is there
     assert len(read_table(results / "train.csv")[1]) == 4
     assert "already in" in capsys.readouterr().out
+    assert run_script(["summary", "--results-dir", str(results)], monkeypatch) == 0
+    _, summary = read_table(results / "summary.csv")
+    assert [row["recipe"] for row in summary] == [rows[0]["recipe"], rows[1]["recipe"]]
+    for row in summary:
+        accuracies = [float(r["test_acc"]) for r in rows if r["recipe"] == row["recipe"]]
+        assert row["seeds"] == "2"
+        assert float(row["test_acc"]) == pytest.approx(sum(accuracies) / 2, abs=1e-6)
+        assert float(row["test_acc_se"]) == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2, abs=1e-6)
+    assert "| mnist+random (ε = 0.3) | reference |" in capsys.readouterr().out
+
+
+def test_summary_without_results_is_one_line(tmp_path, capsys, monkeypatch):
+    assert run_script(["summary", "--results-dir", str(tmp_path)], monkeypatch) == 1
+    assert "run `scripts/unlearnable.py train` first" in capsys.readouterr().err
 
 
 def test_options_of_a_method_are_checked(mnist, root, tmp_path):
