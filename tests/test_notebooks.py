@@ -5,8 +5,11 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from test_data import fake_mnist, write_mnist
 
 from dpsnn.experiments.suites import SUITES
+from dpsnn.results import append_rows
+from dpsnn.unlearnable.poisons import make_unlearnable
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -21,16 +24,44 @@ def small_results(tmp_path_factory, tiny_runner):
     return runner.results_dir
 
 
+@pytest.fixture(scope="module")
+def small_unlearnable(tmp_path_factory):
+    """A fake MNIST with a random-noise and an NTGA copy made by the real code, and train.csv rows for them."""
+    root = tmp_path_factory.mktemp("unlearnable")
+    data, results = root / "data", root / "results"
+    write_mnist(data, fake_mnist())
+    ntga = {"iterations": 1, "block_size": 100, "target_size": 50, "compile": False}
+    for method, options in (("random", {}), ("ntga", ntga)):
+        make_unlearnable("mnist", method, 0.3, options=options, root=data, system_dir=root, progress=False)
+    rows = []
+    for dataset, method, recipe, accuracy in [
+        ("mnist", "clean", "plain", 0.9),
+        ("mnist+random", "random", "plain", 0.88),
+        ("mnist+ntga", "ntga", "plain", 0.4),
+        ("mnist+ntga", "ntga", "jpeg(quality=10)", 0.7),
+    ]:
+        for seed in range(2):
+            setting = {"dataset": dataset, "method": method, "epsilon": 0 if method == "clean" else 0.3}
+            setting.update(architecture="reference", recipe=recipe, seed=seed, epochs=1, train_size=100)
+            measured = {"test_acc": accuracy + 0.01 * seed, "test_acc_se": 0.02, "obeys_rules": True}
+            rows.append({**setting, **measured})
+    append_rows(results / "train.csv", rows)
+    return {"DPSNN_UNLEARNABLE": str(results), "DPSNN_DATA": str(data)}
+
+
 def test_there_is_one_notebook_per_question():
     names = [path.stem for path in NOTEBOOKS]
     topics = ("data_volume", "nopeek", "laplacian_noise", "post_training_noise", "noise_with_nopeek", "shift")
-    for topic in (*topics, "dp_sgd", "dp_schedules", "suppress", "inversion_attacks", "membership_inference"):
+    questions = ("dp_sgd", "dp_schedules", "suppress", "inversion_attacks", "membership_inference", "unlearnable")
+    for topic in (*topics, *questions):
         assert any(topic in name for name in names), f"no notebook about {topic}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, small_results, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(path, small_results, small_unlearnable, tmp_path, monkeypatch):
     monkeypatch.setenv("DPSNN_RESULTS", str(small_results))
+    for name, value in small_unlearnable.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DPSNN_FIGURES", str(tmp_path / "figures"))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
