@@ -18,6 +18,7 @@ from dpsnn.errors import ConfigError
 from dpsnn.unlearnable.recipes import (
     RECIPES,
     Adversarial,
+    Binarise,
     Cutout,
     Grayscale,
     Jpeg,
@@ -73,8 +74,8 @@ def clean_splits() -> dict[str, Split]:
 # -- conformance: every registered recipe ------------------------------------------------
 
 
-def test_the_nine_recipes_are_registered():
-    expected = "adversarial cutout early-stop grayscale jpeg last-layer mixup oracle-early-stop plain"
+def test_the_ten_recipes_are_registered():
+    expected = "adversarial binarise cutout early-stop grayscale jpeg last-layer mixup oracle-early-stop plain"
     assert ALL == expected.split()
 
 
@@ -157,6 +158,18 @@ def test_jpeg_is_deterministic_and_leaves_test_images_alone():
     images = random_split(4, 8, (3, 32, 32)).images
     torch.testing.assert_close(Jpeg(quality=30).prepare(images), Jpeg(quality=30).prepare(images), rtol=0, atol=0)
     assert Jpeg().test_view(images) is images
+
+
+def test_binarise_gives_zeros_and_ones_on_both_sides_of_the_threshold_in_training_and_test():
+    images = torch.tensor([0.0, 0.3, 0.4, 0.41, 0.7, 1.0]).reshape(1, 1, 2, 3)
+    recipe = Binarise(threshold=0.4)
+    expected = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]).reshape(1, 1, 2, 3)
+    assert torch.equal(recipe.prepare(images), expected) and torch.equal(recipe.test_view(images), expected)
+    # A black background moved by at most ε below the threshold comes back black: the perturbation is gone.
+    background = torch.zeros(4, 3, 8, 8)
+    perturbed = background + torch.rand(background.shape, generator=torch.Generator().manual_seed(0)) * 0.3
+    assert torch.equal(Binarise(threshold=0.4).prepare(perturbed), background)
+    assert (recipe.key(), recipe.label()) == ("binarise-t04", "binarise at 0.4")
 
 
 def test_grayscale_gives_equal_channels_and_is_the_identity_on_gray_images():
@@ -276,8 +289,10 @@ def test_last_layer_retrains_only_the_final_linear_layer():
         ("mixup:alpha=0", r"mixup alpha must be a number greater than 0"),
         ("adversarial:epsilon=0", r"adversarial epsilon must be a number in \(0, 1\], got 0"),
         ("adversarial:steps=0", "adversarial steps must be an integer of at least 1"),
+        ("binarise:threshold=0", r"binarise threshold must be a number in \(0, 1\], got 0"),
+        ("binarise:threshold=1", r"binarise threshold must be a number in \(0, 1\), got 1"),
         ("last-layer:clean_size=0", "clean_size must be an integer of at least 1"),
-        ("squeeze", "unknown recipe 'squeeze'; choose from adversarial, cutout, early-stop, grayscale, jpeg"),
+        ("squeeze", "unknown recipe 'squeeze'; choose from adversarial, binarise, cutout, early-stop, grayscale, jpeg"),
         ("jpeg:level=3", "recipe 'jpeg' takes no parameter level"),
         ("plain:epochs=3", "recipe 'plain' takes no parameter epochs"),
         ("jpeg:quality", "malformed"),

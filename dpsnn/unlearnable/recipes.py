@@ -28,6 +28,8 @@ recipe                 what it does (defaults)                                  
 ``oracle-early-stop``  the epoch of best accuracy on a *clean* validation split           no
 ``grayscale``          every image's channels averaged (the identity on 1-channel data)   yes
 ``jpeg``               training images re-encoded as JPEG (``quality=10``)                yes
+``binarise``           every pixel set to 1 above ``threshold=0.5``, else 0, in training  yes
+                       and at test time (bit-depth reduction to one bit)
 ``cutout``             a random square zeroed in each image (``size``: 8/28 of the side)  yes
 ``mixup``              pairs of images and their labels mixed (``alpha=1``)               yes
 ``adversarial``        Madry-style L∞ PGD training (``epsilon=0.3``, ``steps=10``)        yes
@@ -36,7 +38,9 @@ recipe                 what it does (defaults)                                  
 =====================  =================================================================  ===========
 
 Every recipe but the two early stops keeps the last epoch, so each measures one change on its
-own. Grayscale and JPEG follow Liu et al. (2023), "Image shortcut squeezing"; cutout DeVries &
+own. Grayscale, JPEG and binarising (bit-depth reduction) follow Liu et al. (2023), "Image
+shortcut squeezing"; binarising above a threshold larger than the budget ε erases every
+perturbation of a black background, which carries much of a poison on Fashion-MNIST; cutout DeVries &
 Taylor (2017); mixup Zhang et al. (2018), one λ ~ Beta(α, α) per batch; adversarial training
 Madry et al. (2018), with a random start and step size 2.5·ε/steps (the default ε = 0.3 matches
 the poisons' L∞ budget on Fashion-MNIST; Madry et al. train CIFAR-10 at 8/255, which is
@@ -85,6 +89,7 @@ from dpsnn.models import _Classifier
 __all__ = [
     "RECIPES",
     "Adversarial",
+    "Binarise",
     "Cutout",
     "EarlyStop",
     "Grayscale",
@@ -96,6 +101,7 @@ __all__ = [
     "Recipe",
     "RecipeClassifier",
     "RecipeResult",
+    "binarise",
     "cutout",
     "jpeg_compress",
     "last_linear_name",
@@ -164,6 +170,11 @@ def jpeg_compress(images: Tensor, quality: int) -> Tensor:
         encoded = encode_jpeg(list(chunk), quality=quality)
         decoded.append(torch.stack(decode_jpeg(encoded, mode=ImageReadMode.UNCHANGED)))
     return (torch.cat(decoded).to(images.dtype) / 255).to(images.device)
+
+
+def binarise(images: Tensor, threshold: float) -> Tensor:
+    """Every pixel (of every channel) 1 where it is above ``threshold``, else 0, in ``images``' dtype."""
+    return (images > threshold).to(images.dtype)
 
 
 def cutout(x: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -398,6 +409,32 @@ class Jpeg(Recipe):
 
     def label(self) -> str:
         return f"JPEG q={self.quality}"
+
+
+@register_recipe("binarise")
+@dataclass(frozen=True)
+class Binarise(Recipe):
+    """Set every pixel to 1 above ``threshold`` (in (0, 1)), else to 0, in training and at test time alike."""
+
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        threshold = _check_positive(self.threshold, "binarise threshold", high=1.0)
+        if threshold >= 1:
+            raise ConfigError(f"binarise threshold must be a number in (0, 1), got {self.threshold!r}")
+        object.__setattr__(self, "threshold", threshold)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        return binarise(images, self.threshold)
+
+    def test_view(self, images: Tensor) -> Tensor:
+        return binarise(images, self.threshold)
+
+    def key(self) -> str:
+        return f"binarise-t{format_number(self.threshold)}"
+
+    def label(self) -> str:
+        return f"binarise at {self.threshold:g}"
 
 
 @register_recipe("cutout")
