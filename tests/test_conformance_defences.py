@@ -451,3 +451,33 @@ def test_a_wrapping_defence_needs_the_loader_it_wraps(toy_defence):
         make_trainer(1, progress=False).fit(model)
     assert counts["wrap"] == 2 and counts["batches_drawn"] == 4
     assert isinstance(model.train_dataloader().loader, type(splits.train.loader(32)))
+
+
+def test_the_shared_registrar_refuses_a_taken_name_and_a_class_that_is_not_a_frozen_dataclass():
+    from dpsnn.defences.base import spec_registrar
+
+    registry: dict[str, type] = {}
+    register_as = spec_registrar(registry, "attack")
+
+    @register_as("first")
+    @dataclass(frozen=True)
+    class First:
+        pass
+
+    assert registry == {"first": First} and First.name == "first"
+    assert register_as("first")(First) is First  # registering the same class again is harmless
+    with pytest.raises(ValueError, match="an attack named 'first' is already registered \\(First\\)"):
+
+        @register_as("first")
+        @dataclass(frozen=True)
+        class Second:
+            pass
+
+    with pytest.raises(TypeError, match="Mutable must be a frozen dataclass"):
+
+        @register_as("mutable")
+        @dataclass
+        class Mutable:
+            pass
+
+    assert list(registry) == ["first"]

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from dpsnn.defences.base import build_spec, parse_spec_text, value_key, value_text
+from dpsnn.defences.base import build_spec, parse_spec_text, spec_registrar, value_key, value_text
 from dpsnn.errors import ConfigError
 from dpsnn.inference import batched
 from dpsnn.metrics import reconstruction_metrics
@@ -198,16 +198,8 @@ def registered_attacks() -> dict[str, type[Attack]]:
 
 
 def register_attack(name: str) -> Callable[[A], A]:
-    """Class decorator: register an attack spec under ``name``."""
-
-    def register(cls: A) -> A:
-        if name in ATTACKS and ATTACKS[name] is not cls:
-            raise ValueError(f"an attack named {name!r} is already registered ({ATTACKS[name].__name__})")
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-
-    return register
+    """Class decorator: register an attack spec (a frozen dataclass) under ``name``."""
+    return spec_registrar(ATTACKS, "attack")(name)
 
 
 def make_attack(name: str, params: Mapping[str, Any] | None = None) -> Attack:

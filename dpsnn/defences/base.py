@@ -183,19 +183,32 @@ D = TypeVar("D", bound=type[Defence])
 T = TypeVar("T")
 
 
+def spec_registrar(registry: dict[str, type], kind: str) -> Callable[[str], Callable[[T], T]]:
+    """The class decorator factory of a seam whose specs are frozen dataclasses registered by name.
+
+    ``spec_registrar(DEFENCES, "defence")("noise")`` registers a class in ``DEFENCES`` under
+    ``noise`` and sets its ``name``; a second class under a taken name is refused.
+    """
+    article = "an" if kind[:1] in "aeiou" else "a"
+
+    def register_as(name: str) -> Callable[[T], T]:
+        def register(cls: T) -> T:
+            if name in registry and registry[name] is not cls:
+                raise ValueError(f"{article} {kind} named {name!r} is already registered ({registry[name].__name__})")
+            if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+                raise TypeError(f"{cls.__name__} must be a frozen dataclass")
+            cls.name = name
+            registry[name] = cls
+            return cls
+
+        return register
+
+    return register_as
+
+
 def register_defence(name: str) -> Callable[[D], D]:
-    """Class decorator: register a defence spec under ``name``."""
-
-    def register(cls: D) -> D:
-        if name in DEFENCES and DEFENCES[name] is not cls:
-            raise ValueError(f"a defence named {name!r} is already registered ({DEFENCES[name].__name__})")
-        if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
-            raise TypeError(f"{cls.__name__} must be a frozen dataclass")
-        cls.name = name
-        DEFENCES[name] = cls
-        return cls
-
-    return register
+    """Class decorator: register a defence spec (a frozen dataclass) under ``name``."""
+    return spec_registrar(DEFENCES, "defence")(name)
 
 
 def registered_defences() -> dict[str, type[Defence]]:

@@ -80,7 +80,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from dpsnn.architectures import build_split, canonical_architecture
 from dpsnn.data import Split
-from dpsnn.defences.base import build_spec, format_number, parse_spec_text, value_text
+from dpsnn.defences.base import build_spec, format_number, parse_spec_text, spec_registrar, value_text
 from dpsnn.errors import ConfigError
 from dpsnn.inference import predict
 from dpsnn.loops import BestWeights, make_trainer
@@ -312,17 +312,7 @@ R = TypeVar("R", bound=type[Recipe])
 
 def register_recipe(name: str) -> Callable[[R], R]:
     """Class decorator: register a recipe spec (a frozen dataclass) under ``name``."""
-
-    def register(cls: R) -> R:
-        if name in RECIPES and RECIPES[name] is not cls:
-            raise ValueError(f"a recipe named {name!r} is already registered ({RECIPES[name].__name__})")
-        if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
-            raise TypeError(f"{cls.__name__} must be a frozen dataclass")
-        cls.name = name
-        RECIPES[name] = cls
-        return cls
-
-    return register
+    return spec_registrar(RECIPES, "recipe")(name)
 
 
 def recipe_names() -> list[str]:
