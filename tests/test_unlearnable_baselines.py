@@ -116,6 +116,17 @@ def test_error_minimising_noise_stays_within_epsilon_and_the_pixel_range(data, s
     assert not torch.allclose(poisoned, random_noise(images, EPSILON, seed=0))  # it moved from its random start
 
 
+def test_progress_shows_rounds_and_the_images_of_each_round_and_the_result_is_the_same(data, straight, capsys):
+    images, labels = data
+    one_round = replace(TINY, max_rounds=1)
+    shown = error_minimising_noise(images, labels, CLASSES, one_round, seed=0, progress=True)
+    bars = capsys.readouterr().err
+    assert "error-minimising noise" in bars and "round 1: noise" in bars and f"0/{COUNT}" in bars
+    hidden = error_minimising_noise(images, labels, CLASSES, one_round, seed=0, progress=False)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(shown, hidden)
+
+
 def test_error_minimising_noise_is_a_shortcut_a_fresh_network_learns(data, straight):
     """On random labels nothing is learnable but the noise: a new network's loss falls far faster on poisoned images.
 

@@ -239,7 +239,7 @@ def error_minimising_noise(
             bar.set_postfix(round=rounds_done, accuracy=f"{accuracy:.4f}")
         while rounds_done < config.max_rounds and not (rounds_done and accuracy >= config.stop_accuracy):
             _train(model, optimiser, x, delta, labels, batches, config.train_steps)
-            delta = _descend(model, x, delta, labels, config)
+            delta = _descend(model, x, delta, labels, config, f"round {rounds_done + 1}: noise", progress)
             accuracy = _accuracy(model, (x + delta).clamp(0.0, 1.0), labels, config.batch_size)
             rounds_done += 1
             if state_path is not None:
@@ -309,23 +309,36 @@ def _train(
             optimiser.step()
 
 
-def _descend(model: nn.Module, x: Tensor, delta: Tensor, labels: Tensor, config: ErrorMinimising) -> Tensor:
-    """``pgd_steps`` signed-gradient descent steps on every image's noise, projected to the budget and ``[0, 1]``."""
+def _descend(
+    model: nn.Module,
+    x: Tensor,
+    delta: Tensor,
+    labels: Tensor,
+    config: ErrorMinimising,
+    description: str = "noise",
+    progress: bool = False,
+) -> Tensor:
+    """``pgd_steps`` signed-gradient descent steps on every image's noise, projected to the budget and ``[0, 1]``.
+
+    With ``progress``, a bar over the images (a round over 60,000 images takes most of an hour on one CPU core).
+    """
     model.eval()  # batch norm uses its running statistics: each image's noise depends on that image only
     eps, step = config.epsilon, config.step
     updated = torch.empty_like(delta)
-    for start in range(0, len(x), config.batch_size):
-        clean, target = x[start : start + config.batch_size], labels[start : start + config.batch_size]
-        noise = delta[start : start + config.batch_size].clone()
-        for _ in range(config.pgd_steps):
-            with torch.enable_grad():
-                poisoned = (clean + noise).requires_grad_(True)
-                loss = F.cross_entropy(model(poisoned), target)
-                (gradient,) = torch.autograd.grad(loss, poisoned)  # the parameters' gradients are not computed
-            with torch.no_grad():
-                noise = (noise - step * gradient.sign()).clamp(-eps, eps)
-                noise = (clean + noise).clamp(0.0, 1.0) - clean
-        updated[start : start + config.batch_size] = noise
+    with tqdm(total=len(x), desc=description, unit="image", leave=False, disable=not progress) as bar:
+        for start in range(0, len(x), config.batch_size):
+            clean, target = x[start : start + config.batch_size], labels[start : start + config.batch_size]
+            noise = delta[start : start + config.batch_size].clone()
+            for _ in range(config.pgd_steps):
+                with torch.enable_grad():
+                    poisoned = (clean + noise).requires_grad_(True)
+                    loss = F.cross_entropy(model(poisoned), target)
+                    (gradient,) = torch.autograd.grad(loss, poisoned)  # the parameters' gradients are not computed
+                with torch.no_grad():
+                    noise = (noise - step * gradient.sign()).clamp(-eps, eps)
+                    noise = (clean + noise).clamp(0.0, 1.0) - clean
+            updated[start : start + config.batch_size] = noise
+            bar.update(len(clean))
     return updated
 
 
