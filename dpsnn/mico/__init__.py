@@ -9,5 +9,9 @@ true positive rate at 10% false positive rate.
 - :mod:`~dpsnn.mico.layout`: the folders and files of a challenge on disk (seeds, ``solution.csv``,
   ``prediction.csv``) and the zipped submission;
 - :mod:`~dpsnn.mico.scoring`: the scores of predictions against the solutions, as the official scorer
-  computes them.
+  computes them;
+- :mod:`~dpsnn.mico.folders`: a whole challenge tree scored as the official scoring program does, with
+  bootstrap standard errors and intervals over the challenge points, and its ``scores.txt``;
+- :mod:`~dpsnn.mico.official`: the published CIFAR-10 and Purchase-100 models and datasets, loaded
+  without running code from their files.
 """

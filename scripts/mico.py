@@ -1,0 +1,138 @@
+"""MICO, the Microsoft membership inference competition, in its own format: score predictions, zip a submission.
+
+    python scripts/mico.py score --solutions mico/cifar10 --predictions mico/cifar10 --phase train
+    python scripts/mico.py score --solutions ref --predictions res --n-bootstrap 1000 --seed 1
+    python scripts/mico.py submit --predictions mico/cifar10 --output submission.zip
+
+``score`` scores a task's ``prediction.csv`` files against its ``solution.csv`` files as the
+official scoring program does: per scenario, one ROC over all its models' challenge points, and
+the ranking figure, the mean TPR at 10% FPR over the scenarios. ``--solutions`` and
+``--predictions`` are a task folder (``<task>/<scenario>/{train,dev,final}/model_k``) or a folder
+holding one; they may be the same tree (an attacker scoring itself on the ``train`` models). The
+phases scored are those of ``--phase``, else every phase with solutions. Each score comes with a
+bootstrap standard error and 95% interval over the challenge points (members and non-members
+resampled apart). It prints the scores, writes the official ``scores.txt`` and ``scores.csv``
+(one row per scenario and one averaging them, each score with ``_se``, ``_ci_low`` and
+``_ci_high``) into ``--results-dir``, replacing those of an earlier run.
+
+``submit`` zips the ``prediction.csv`` of every dev and final model of every scenario of a task
+folder into a submission, named from the task folder down as the official scorer expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dpsnn.cli import ArgumentParser, non_negative_int, positive_int, run
+from dpsnn.metrics import N_BOOTSTRAP
+from dpsnn.mico.folders import AVERAGE, ROW_COLUMNS, FolderScores, score_folders, score_rows, write_scores_txt
+from dpsnn.mico.layout import PHASES, write_submission_zip
+from dpsnn.mico.scoring import RANKING_KEY, SCORE_KEYS
+from dpsnn.results import RESULTS_DIR, write_table
+
+SCORES_CSV = "scores.csv"
+
+
+# ------------------------------------------------------------------------------------------- score
+
+
+def resamples(text: str) -> int:
+    """``--n-bootstrap``: an integer of at least 2."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 resamples, got {value}")
+    return value
+
+
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--solutions", type=Path, required=True, help="a task folder with the solution.csv files")
+    parser.add_argument("--predictions", type=Path, required=True, help="a task folder with the prediction.csv files")
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        action="append",
+        default=None,
+        help="a phase to score, repeatable (default: every phase with solutions)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "mico")
+    parser.add_argument(
+        "--n-bootstrap", type=resamples, default=N_BOOTSTRAP, help=f"bootstrap resamples (default {N_BOOTSTRAP})"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the bootstrap's seed")
+
+
+def _cell(value: float, se: float) -> str:
+    return f"{value:.4f} ± {se:.4f}"
+
+
+def print_scores(result: FolderScores, rows: Sequence[dict[str, Any]]) -> None:
+    """The rows of scores.csv as a table: a column per scenario and their average, a row per official score."""
+    width = max(17, *(len(row["scenario"]) for row in rows))
+    phases = f"phase{'s' if len(result.phases) > 1 else ''} {', '.join(result.phases)}"
+    print(
+        f"task {result.task}, {phases}: {len(result.scenarios)} scenarios, "
+        f"{result.n_bootstrap} bootstrap resamples (seed {result.seed}); value ± SE"
+    )
+    print(f"  {'':<13}" + "".join(f"  {row['scenario']:>{width}}" for row in rows))
+    for name in ("models", "points"):
+        print(f"  {name:<13}" + "".join(f"  {row[name]:>{width}}" for row in rows))
+    for key in SCORE_KEYS:
+        print(f"  {key:<13}" + "".join(f"  {_cell(row[key], row[key + '_se']):>{width}}" for row in rows))
+    ranking = result.ranking
+    print(
+        f"ranking figure ({AVERAGE} {RANKING_KEY}): {_cell(ranking.value, ranking.se)}, "
+        f"95% interval [{ranking.ci_low:.4f}, {ranking.ci_high:.4f}]"
+    )
+
+
+def score(args: argparse.Namespace) -> int:
+    result = score_folders(args.solutions, args.predictions, args.phase, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    rows = score_rows(result)
+    print_scores(result, rows)
+    text = write_scores_txt(result, args.results_dir)
+    table = write_table(args.results_dir / SCORES_CSV, rows, list(ROW_COLUMNS))
+    print(f"wrote {text} and {table}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ submit
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", type=Path, required=True, help="the task folder (e.g. mico/cifar10)")
+    parser.add_argument("--output", type=Path, required=True, help="the zip to write (e.g. submission.zip)")
+
+
+def submit(args: argparse.Namespace) -> int:
+    names = write_submission_zip(args.predictions, args.output)
+    print(f"wrote {len(names)} predictions to {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+#: command -> (its help, what adds its arguments, what runs it); a new command is one more entry.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "score": ("score predictions against solutions as the official scorer does", _score_arguments, score),
+    "submit": ("zip the dev and final predictions of a task into a submission", _submit_arguments, submit),
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (summary, add_arguments, _) in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=summary, description=summary))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return COMMANDS[args.command][2](args)
+
+
+if __name__ == "__main__":
+    run(main)
