@@ -1,8 +1,10 @@
-"""MICO, the Microsoft membership inference competition, in its own format: score predictions, zip a submission.
+"""MICO, the Microsoft membership inference competition, in its own format: attack, score, zip a submission.
 
     python scripts/mico.py score --solutions mico/cifar10 --predictions mico/cifar10 --phase train
     python scripts/mico.py score --solutions ref --predictions res --n-bootstrap 1000 --seed 1
     python scripts/mico.py submit --predictions mico/cifar10 --output submission.zip
+    python scripts/mico.py attack --challenge mico/cifar10 --attack membership-threshold:signal=loss --data-dir data
+    python scripts/mico.py attack --challenge mico/purchase100 --attack calibrated --purchase100 data/dataset_purchase
 
 ``score`` scores a task's ``prediction.csv`` files against its ``solution.csv`` files as the
 official scoring program does: per scenario, one ROC over all its models' challenge points, and
@@ -17,6 +19,16 @@ resampled apart). It prints the scores, writes the official ``scores.txt`` and `
 
 ``submit`` zips the ``prediction.csv`` of every dev and final model of every scenario of a task
 folder into a submission, named from the task folder down as the official scorer expects.
+
+``attack`` runs a membership attack (:mod:`dpsnn.mico.attack`) on every published model of a task
+folder (``--scenario`` and ``--phase`` restrict it), rebuilding each model's challenge points from its
+seeds over the task's dataset (CIFAR-10 under ``--data-dir``; Purchase-100 from ``--purchase100``),
+and writes each ``prediction.csv`` into the model folder or, with ``--output``, into a tree of the same
+layout. Raw scores are mapped into ``[0, 1]`` by ``0.5 + atan(s)/π``, one increasing map for every
+model, so the order across models that the official scorer uses is kept. The attacks: ``membership-
+threshold`` (``signal`` = loss, confidence, entropy or modified-entropy; no shadow models), ``chance``,
+and ``calibrated`` (LiRA with the scenario's train models as shadows, ``mode`` online or offline). When
+every train model then has a prediction, ``train/`` is scored and reported as ``score`` does.
 """
 
 from __future__ import annotations
@@ -26,14 +38,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpsnn.cli import ArgumentParser, non_negative_int, positive_int, run
+from dpsnn.cli import ArgumentParser, checked, non_negative_int, positive_int, run
+from dpsnn.data import DEFAULT_DATA_DIR
+from dpsnn.errors import DataError
 from dpsnn.metrics import N_BOOTSTRAP
+from dpsnn.mico.attack import (
+    attack_challenge,
+    attack_names,
+    challenge_targets,
+    load_task_dataset,
+    mico_attack,
+    predictions_folder,
+)
+from dpsnn.mico.challenge import LEN_CHALLENGE
 from dpsnn.mico.folders import AVERAGE, ROW_COLUMNS, FolderScores, score_folders, score_rows, write_scores_txt
-from dpsnn.mico.layout import PHASES, write_submission_zip
+from dpsnn.mico.layout import PHASES, PREDICTION_FILE, write_submission_zip
 from dpsnn.mico.scoring import RANKING_KEY, SCORE_KEYS
 from dpsnn.results import RESULTS_DIR, write_table
 
 SCORES_CSV = "scores.csv"
+DEFAULT_ATTACK = "membership-threshold:signal=loss"
 
 
 # ------------------------------------------------------------------------------------------- score
@@ -88,13 +112,18 @@ def print_scores(result: FolderScores, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def score(args: argparse.Namespace) -> int:
-    result = score_folders(args.solutions, args.predictions, args.phase, n_bootstrap=args.n_bootstrap, seed=args.seed)
+def report_scores(result: FolderScores, results_dir: Path) -> None:
+    """Print the scores and write ``scores.txt`` and ``scores.csv`` into ``results_dir``."""
     rows = score_rows(result)
     print_scores(result, rows)
-    text = write_scores_txt(result, args.results_dir)
-    table = write_table(args.results_dir / SCORES_CSV, rows, list(ROW_COLUMNS))
+    text = write_scores_txt(result, results_dir)
+    table = write_table(results_dir / SCORES_CSV, rows, list(ROW_COLUMNS))
     print(f"wrote {text} and {table}")
+
+
+def score(args: argparse.Namespace) -> int:
+    result = score_folders(args.solutions, args.predictions, args.phase, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    report_scores(result, args.results_dir)
     return 0
 
 
@@ -112,12 +141,86 @@ def submit(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ attack
+
+
+def _attack_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--challenge", type=Path, required=True, help="the task folder (e.g. mico/cifar10)")
+    parser.add_argument(
+        "--attack",
+        type=checked(mico_attack),
+        default=DEFAULT_ATTACK,
+        metavar="NAME[:key=value,...]",
+        help=f"the membership attack (default {DEFAULT_ATTACK}); one of {', '.join(attack_names())}",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where CIFAR-10 is (or goes)")
+    parser.add_argument(
+        "--purchase100",
+        type=Path,
+        default=None,
+        help="Purchase-100's dataset_purchase or its folder (default: --data-dir)",
+    )
+    parser.add_argument(
+        "--scenario", action="append", default=None, help="a scenario to attack, repeatable (default: all)"
+    )
+    parser.add_argument(
+        "--phase", choices=PHASES, action="append", default=None, help="a phase to attack, repeatable (default: all)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="a folder to write the predictions into, as <task>/<scenario>/... (default: each model folder)",
+    )
+    parser.add_argument("--len-training", type=positive_int, default=None, help="n of every split (default: MICO's)")
+    parser.add_argument("--len-challenge", type=positive_int, default=LEN_CHALLENGE, help="m, members per model")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "mico")
+    parser.add_argument(
+        "--n-bootstrap", type=resamples, default=N_BOOTSTRAP, help=f"bootstrap resamples (default {N_BOOTSTRAP})"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the bootstrap's seed, and chance's")
+
+
+def attack(args: argparse.Namespace) -> int:
+    task, targets = challenge_targets(args.challenge, args.scenario, args.phase)
+    dataset = load_task_dataset(targets[0].scenario, args.data_dir, args.purchase100)
+    written = attack_challenge(
+        task,
+        dataset,
+        args.attack,
+        scenarios=args.scenario,
+        phases=args.phase,
+        output=args.output,
+        len_training=args.len_training,
+        len_challenge=args.len_challenge,
+        seed=args.seed,
+    )
+    predictions = task if args.output is None else args.output
+    print(f"{args.attack.spec()}: wrote {len(written)} predictions under {predictions}")
+    if not _train_predicted(task, args.output):
+        print("train/ not scored: some train models have no prediction.csv (attack every scenario's train phase)")
+        return 0
+    result = score_folders(task, predictions, ["train"], n_bootstrap=args.n_bootstrap, seed=args.seed)
+    report_scores(result, args.results_dir)
+    return 0
+
+
+def _train_predicted(task: Path, output: Path | None) -> bool:
+    """Whether every train model of ``task`` has a ``prediction.csv`` (in its folder, or mirrored under ``output``)."""
+    try:
+        _, targets = challenge_targets(task, phases=["train"])
+    except DataError:  # no train models at all
+        return False
+    return all((predictions_folder(target, task, output) / PREDICTION_FILE).is_file() for target in targets)
+
+
 # ---------------------------------------------------------------------------------------- commands
 
 #: command -> (its help, what adds its arguments, what runs it); a new command is one more entry.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "score": ("score predictions against solutions as the official scorer does", _score_arguments, score),
     "submit": ("zip the dev and final predictions of a task into a submission", _submit_arguments, submit),
+    "attack": ("attack the models of a task, write their predictions, score train/", _attack_arguments, attack),
 }
 
 
