@@ -5,6 +5,7 @@
     python scripts/mico.py submit --predictions mico/cifar10 --output submission.zip
     python scripts/mico.py attack --challenge mico/cifar10 --attack membership-threshold:signal=loss --data-dir data
     python scripts/mico.py attack --challenge mico/purchase100 --attack calibrated --purchase100 data/dataset_purchase
+    python scripts/mico.py build --dataset fashion-mnist --architecture reference --models 8 --epsilons inf 10 4
 
 ``score`` scores a task's ``prediction.csv`` files against its ``solution.csv`` files as the
 official scoring program does: per scenario, one ROC over all its models' challenge points, and
@@ -29,6 +30,12 @@ model, so the order across models that the official scorer uses is kept. The att
 threshold`` (``signal`` = loss, confidence, entropy or modified-entropy; no shadow models), ``chance``,
 and ``calibrated`` (LiRA with the scenario's train models as shadows, ``mode`` online or offline). When
 every train model then has a prediction, ``train/`` is scored and reported as ``score`` does.
+
+``build`` trains a MICO task of one's own (:mod:`dpsnn.mico.build`) into ``<output>/<dataset>``: K
+models (``--models``, 4 to 200; ⌈K/2⌉ train, then dev and final) for each ε of ``--epsilons``
+(``inf``: no defence; a number: DP-SGD on the whole model at that ε, δ the DP defence's default) and
+each ``--defence`` spec, in MICO's layout. Rerun the same command to finish an interrupted build or to
+raise ``--models``; other settings on the same tree are refused.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpsnn.cli import ArgumentParser, checked, non_negative_int, positive_int, run
-from dpsnn.data import DEFAULT_DATA_DIR
+from dpsnn.cli import ArgumentParser, checked, defence_argument, non_negative_int, positive_int, run
+from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR
 from dpsnn.errors import DataError
 from dpsnn.metrics import N_BOOTSTRAP
 from dpsnn.mico.attack import (
@@ -50,6 +57,7 @@ from dpsnn.mico.attack import (
     mico_attack,
     predictions_folder,
 )
+from dpsnn.mico.build import DEFAULT_VAL_SIZE, BuildSettings, build_task, scenarios_for
 from dpsnn.mico.challenge import LEN_CHALLENGE
 from dpsnn.mico.folders import AVERAGE, ROW_COLUMNS, FolderScores, score_folders, score_rows, write_scores_txt
 from dpsnn.mico.layout import PHASES, PREDICTION_FILE, write_submission_zip
@@ -214,6 +222,78 @@ def _train_predicted(task: Path, output: Path | None) -> bool:
     return all((predictions_folder(target, task, output) / PREDICTION_FILE).is_file() for target in targets)
 
 
+# ------------------------------------------------------------------------------------------- build
+
+
+def epsilon_argument(text: str) -> float:
+    """``--epsilons``: ``inf`` or a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an epsilon is inf or a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"an epsilon is inf or a positive number, got {text!r}")
+    return value
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist", help="a registered dataset (default fashion-mnist)")
+    parser.add_argument("--architecture", default="reference", help="a registered architecture (default reference)")
+    parser.add_argument("--models", type=positive_int, default=200, help="models per scenario, 4 to 200 (default 200)")
+    parser.add_argument(
+        "--epsilons",
+        type=epsilon_argument,
+        nargs="*",
+        default=[float("inf")],
+        metavar="EPS",
+        help="a scenario per ε: inf (no DP) or DP-SGD at that ε (default: inf)",
+    )
+    parser.add_argument(
+        "--defence",
+        type=defence_argument,
+        action="append",
+        default=[],
+        metavar="NAME[:key=value,...]",
+        help="one more scenario trained with this defence, repeatable (e.g. laplace:scale=0.5)",
+    )
+    parser.add_argument("--epochs", type=positive_int, default=10, help="epochs per model (default 10)")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--len-training", type=positive_int, default=None, help="n, points per model (default: half the pool)"
+    )
+    parser.add_argument("--len-challenge", type=positive_int, default=LEN_CHALLENGE, help="m, members per model")
+    parser.add_argument(
+        "--val-size",
+        type=positive_int,
+        default=DEFAULT_VAL_SIZE,
+        help=f"evaluation points that pick each model's best epoch (default {DEFAULT_VAL_SIZE})",
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the seed every split derives from")
+    parser.add_argument("--output", type=Path, default=Path("mico"), help="the task goes into OUTPUT/<dataset>")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--system-dir", type=Path, default=SYSTEM_DATA_DIR, help=argparse.SUPPRESS)
+
+
+def build(args: argparse.Namespace) -> int:
+    settings = BuildSettings(
+        dataset=args.dataset,
+        architecture=args.architecture,
+        epochs=args.epochs,
+        len_training=args.len_training,
+        len_challenge=args.len_challenge,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        val_size=args.val_size,
+        seed=args.seed,
+    )
+    scenarios = scenarios_for(args.dataset, args.epsilons, args.defence)
+    report = build_task(args.output, settings, scenarios, args.models, args.data_dir, args.system_dir)
+    names = ", ".join(scenario.name for scenario in scenarios)
+    print(f"{report.task}: trained {len(report.built)} models, {len(report.skipped)} already there ({names})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- commands
 
 #: command -> (its help, what adds its arguments, what runs it); a new command is one more entry.
@@ -221,6 +301,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "score": ("score predictions against solutions as the official scorer does", _score_arguments, score),
     "submit": ("zip the dev and final predictions of a task into a submission", _submit_arguments, submit),
     "attack": ("attack the models of a task, write their predictions, score train/", _attack_arguments, attack),
+    "build": ("train a MICO task of one's own: K models per scenario, resumably", _build_arguments, build),
 }
 
 

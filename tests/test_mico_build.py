@@ -1,0 +1,210 @@
+"""``scripts/mico.py build`` and :mod:`dpsnn.mico.build`: a tiny MICO task of one's own, built and resumed.
+
+One task is built once for the module on a fake MNIST of 200 training images (the IDX files as
+``tests/test_data.py`` writes them): a scenario without defence and one with Laplace noise on the wire,
+four models each, one epoch of the reference network. DP-SGD at a target ε costs seconds per model
+(the search for σ), so its scenario is built by a test marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from test_data import fake_mnist, write_mnist
+from test_mico_script import one_line_error
+
+from dpsnn.mico.build import (
+    MANIFEST_FILE,
+    STAGING_FOLDER,
+    BuildSettings,
+    build_task,
+    built_dataset,
+    load_built_model,
+    phase_counts,
+    planned_models,
+    read_manifest,
+    scenarios_for,
+)
+from dpsnn.mico.challenge import challenge_split, draw_seeds
+from dpsnn.mico.layout import PHASE_MODELS, read_model_folder, write_prediction
+from dpsnn.mico.official import rebuild_challenge
+from dpsnn.models import SplitNN
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = 200
+LEN_CHALLENGE = 10
+SCENARIOS = ("mnist_05noise", "mnist_inf")
+BUILT = ("--models", "4", "--epsilons", "inf", "--defence", "laplace:scale=0.5")
+MODELS = [("train", 0), ("train", 1), ("dev", 100), ("final", 150)]
+
+
+@pytest.fixture(scope="module")
+def main():
+    return runpy.run_path(str(REPO / "scripts" / "mico.py"))["main"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The data folders: a fake MNIST written as its IDX files, and an empty system folder."""
+    root = tmp_path_factory.mktemp("build")
+    write_mnist(root / "data", fake_mnist(train_count=POOL, test_count=20))
+    (root / "system").mkdir()
+    return root
+
+
+def arguments(folders: Path, output: Path, *extra: str) -> list[str]:
+    common = ["--dataset", "mnist", "--epochs", "1", "--batch-size", "32", "--len-challenge", str(LEN_CHALLENGE)]
+    places = ["--output", str(output), "--data-dir", str(folders / "data"), "--system-dir", str(folders / "system")]
+    return ["build", *common, "--val-size", "30", *places, *extra]
+
+
+@pytest.fixture(scope="module")
+def task(main, folders):
+    """The built task folder: models 4, scenarios inf and laplace:scale=0.5."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DPSNN_OFFLINE", "1")
+        torch.set_num_threads(1)
+        assert main(arguments(folders, folders / "mico", *BUILT)) == 0
+    return folders / "mico" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("DPSNN_OFFLINE", "1")
+
+
+def mtimes(task: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in sorted(task.rglob("model.pt"))}
+
+
+def test_phase_counts_follow_mico_and_only_grow():
+    assert phase_counts(4) == {"train": 2, "dev": 1, "final": 1}
+    assert phase_counts(200) == {"train": 100, "dev": 50, "final": 50}
+    for models in range(4, 200):
+        smaller, larger = set(planned_models(models)), set(planned_models(models + 1))
+        assert smaller < larger and len(larger) == models + 1
+        assert all(index in PHASE_MODELS[phase] for phase, index in larger)
+
+
+def test_the_layout_seeds_and_solutions_are_micos(task):
+    assert sorted(entry.name for entry in task.iterdir() if entry.is_dir()) == list(SCENARIOS)
+    for scenario in SCENARIOS:
+        assert not (task / scenario / STAGING_FOLDER).exists()
+        for phase, index in MODELS:
+            folder = task / scenario / phase / f"model_{index}"
+            seeds = draw_seeds(0, index)
+            split = challenge_split(POOL, POOL // 2, seeds, LEN_CHALLENGE)
+            disclosed = read_model_folder(folder)
+            assert disclosed.seed_challenge == seeds.challenge
+            if phase == "train":
+                assert (disclosed.seed_training, disclosed.seed_membership) == (seeds.training, seeds.membership)
+                assert torch.equal(disclosed.solution, split.solution)
+            else:
+                assert disclosed.seed_training is None and disclosed.solution is None
+        assert len(list(task.glob(f"{scenario}/*/model_*"))) == 4
+
+
+def test_the_manifest_records_the_settings(task):
+    manifest = read_manifest(task)
+    assert manifest["settings"]["len_training"] == POOL // 2
+    assert manifest["settings"]["architecture"] == "reference"
+    assert manifest["scenarios"]["mnist_inf"] == {"defences": "none", "models": 4}
+    assert manifest["scenarios"]["mnist_05noise"] == {"defences": "laplace(scale=0.5)", "models": 4}
+    assert json.loads((task / MANIFEST_FILE).read_text())["format"] == 1
+
+
+def test_built_models_load_with_their_defences(task):
+    noisy = load_built_model(task / "mnist_05noise" / "dev" / "model_100")
+    plain = load_built_model(task / "mnist_inf" / "train" / "model_0")
+    assert isinstance(noisy, SplitNN) and not noisy.training
+    assert [d.spec() for d in noisy.defences] == ["laplace(scale=0.5)"] and plain.defences == ()
+    assert plain(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert noisy.checkpoint_extra == {"mico_scenario": "mnist_05noise", "mico_phase": "dev", "mico_index": 100}
+
+
+@pytest.mark.slow
+def test_an_epsilon_scenario_trains_the_whole_model_by_dp_sgd(main, folders, tmp_path):
+    assert main(arguments(folders, tmp_path, "--models", "4", "--epsilons", "10")) == 0
+    model = load_built_model(tmp_path / "mnist" / "mnist_eps10" / "final" / "model_150")
+    (dp,) = model.defences
+    assert (dp.name, dp.epsilon, dp.part, dp.delta) == ("dp", 10.0, "model", None)
+    assert model.hparams["privacy"]["epsilon"] <= 10.0 + 1e-6
+    assert model.hparams["privacy"]["delta"] == 0.01  # 1/n rounded down to a power of ten, n = 100
+
+
+def test_rerunning_skips_every_finished_model(main, folders, task, capsys):
+    before = mtimes(task)
+    assert main(arguments(folders, folders / "mico", *BUILT)) == 0
+    assert "trained 0 models, 8 already there" in capsys.readouterr().out
+    assert mtimes(task) == before
+
+
+def test_a_changed_setting_or_fewer_models_is_refused(main, folders, task, capsys, monkeypatch):
+    code, line = one_line_error(
+        main, arguments(folders, folders / "mico", "--models", "4", "--epochs", "2"), capsys, monkeypatch
+    )
+    assert code != 0 and "epochs=1" in line
+    code, line = one_line_error(main, arguments(folders, folders / "mico", "--models", "3"), capsys, monkeypatch)
+    assert "between 4 and 200" in line
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dataset", "nonesuch"], "unknown dataset"),
+        (["--architecture", "nonesuch"], "architecture"),
+        (["--len-training", str(POOL)], "do not fit"),
+        (["--models", "201"], "between 4 and 200"),
+    ],
+)
+def test_bad_input_is_one_line(main, folders, tmp_path, capsys, monkeypatch, extra, message):
+    _, line = one_line_error(main, arguments(folders, tmp_path, *extra), capsys, monkeypatch)
+    assert message in line
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_raising_models_adds_only_the_new_ones_and_lowering_is_refused(folders, task, tmp_path, capsys, monkeypatch):
+    copy = tmp_path / "mico" / "mnist"
+    copy.parent.mkdir()
+    copy.mkdir()
+    for path in task.rglob("*"):  # a copy of the inf scenario and the manifest, so the module's tree stays as built
+        if path.is_file() and "mnist_05noise" not in path.parts:
+            target = copy / path.relative_to(task)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    (copy / "mnist_inf" / STAGING_FOLDER / "train" / "model_2").mkdir(parents=True)  # left by an interruption
+    before = mtimes(copy)
+    settings = BuildSettings(dataset="mnist", epochs=1, len_challenge=LEN_CHALLENGE, batch_size=32, val_size=30)
+    data = {"data_dir": folders / "data", "system_dir": folders / "system", "progress": False}
+    report = build_task(tmp_path / "mico", settings, scenarios_for("mnist", [math.inf]), 5, **data)
+    assert [path.name for path in report.built] == ["model_2"] and len(report.skipped) == 4
+    assert {path: mtime for path, mtime in mtimes(copy).items() if path in before} == before
+    assert not (copy / "mnist_inf" / STAGING_FOLDER).exists()
+    assert read_manifest(copy)["scenarios"]["mnist_inf"]["models"] == 5
+    with pytest.raises(Exception, match="cannot go below"):
+        build_task(tmp_path / "mico", settings, scenarios_for("mnist", [math.inf]), 4, **data)
+
+
+def test_score_runs_on_a_built_tree(main, task, folders, tmp_path, capsys):
+    dataset = built_dataset(task, folders / "data", folders / "system")
+    assert len(dataset) == POOL
+    for scenario in SCENARIOS:
+        for index in (0, 1):
+            folder = task / scenario / "train" / f"model_{index}"
+            challenge = rebuild_challenge(folder, dataset, POOL // 2, LEN_CHALLENGE)
+            with torch.no_grad():
+                loss = torch.nn.functional.cross_entropy(
+                    load_built_model(folder)(challenge.inputs), challenge.labels, reduction="none"
+                )
+            write_prediction(folder, torch.sigmoid(-loss).double(), count=2 * LEN_CHALLENGE)
+    argv = ["score", "--solutions", str(task), "--predictions", str(task), "--phase", "train"]
+    assert main([*argv, "--results-dir", str(tmp_path), "--n-bootstrap", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist_inf" in out and "ranking figure" in out
+    for path in task.rglob("prediction.csv"):  # the tree is left as built for the other tests
+        path.unlink()
