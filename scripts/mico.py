@@ -6,6 +6,7 @@
     python scripts/mico.py attack --challenge mico/cifar10 --attack membership-threshold:signal=loss --data-dir data
     python scripts/mico.py attack --challenge mico/purchase100 --attack calibrated --purchase100 data/dataset_purchase
     python scripts/mico.py build --dataset fashion-mnist --architecture reference --models 8 --epsilons inf 10 4
+    python scripts/mico.py attack --challenge mico/fashion-mnist --attack calibrated --data-dir data
 
 ``score`` scores a task's ``prediction.csv`` files against its ``solution.csv`` files as the
 official scoring program does: per scenario, one ROC over all its models' challenge points, and
@@ -29,7 +30,9 @@ layout. Raw scores are mapped into ``[0, 1]`` by ``0.5 + atan(s)/π``, one incre
 model, so the order across models that the official scorer uses is kept. The attacks: ``membership-
 threshold`` (``signal`` = loss, confidence, entropy or modified-entropy; no shadow models), ``chance``,
 and ``calibrated`` (LiRA with the scenario's train models as shadows, ``mode`` online or offline). When
-every train model then has a prediction, ``train/`` is scored and reported as ``score`` does.
+every train model then has a prediction, ``train/`` is scored and reported as ``score`` does. A task
+written by ``build`` is attacked alike: its models are dpsnn classifiers, its dataset (under
+``--data-dir``) and its ``--len-training`` and ``--len-challenge`` are those of its ``build.json``.
 
 ``build`` trains a MICO task of one's own (:mod:`dpsnn.mico.build`) into ``<output>/<dataset>``: K
 models (``--models``, 4 to 200; ⌈K/2⌉ train, then dev and final) for each ε of ``--epsilons``
@@ -57,7 +60,7 @@ from dpsnn.mico.attack import (
     mico_attack,
     predictions_folder,
 )
-from dpsnn.mico.build import DEFAULT_VAL_SIZE, BuildSettings, build_task, scenarios_for
+from dpsnn.mico.build import DEFAULT_VAL_SIZE, BuildSettings, build_task, built_dataset, is_built_task, scenarios_for
 from dpsnn.mico.challenge import LEN_CHALLENGE
 from dpsnn.mico.folders import AVERAGE, ROW_COLUMNS, FolderScores, score_folders, score_rows, write_scores_txt
 from dpsnn.mico.layout import PHASES, PREDICTION_FILE, write_submission_zip
@@ -161,7 +164,10 @@ def _attack_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME[:key=value,...]",
         help=f"the membership attack (default {DEFAULT_ATTACK}); one of {', '.join(attack_names())}",
     )
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where CIFAR-10 is (or goes)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where CIFAR-10 or a built task's dataset is (or goes)"
+    )
+    parser.add_argument("--system-dir", type=Path, default=SYSTEM_DATA_DIR, help=argparse.SUPPRESS)
     parser.add_argument(
         "--purchase100",
         type=Path,
@@ -180,8 +186,15 @@ def _attack_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a folder to write the predictions into, as <task>/<scenario>/... (default: each model folder)",
     )
-    parser.add_argument("--len-training", type=positive_int, default=None, help="n of every split (default: MICO's)")
-    parser.add_argument("--len-challenge", type=positive_int, default=LEN_CHALLENGE, help="m, members per model")
+    parser.add_argument(
+        "--len-training", type=positive_int, default=None, help="n of every split (default: MICO's, or the build's)"
+    )
+    parser.add_argument(
+        "--len-challenge",
+        type=positive_int,
+        default=None,
+        help=f"m, members per model (default: MICO's {LEN_CHALLENGE}, or the build's)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "mico")
     parser.add_argument(
         "--n-bootstrap", type=resamples, default=N_BOOTSTRAP, help=f"bootstrap resamples (default {N_BOOTSTRAP})"
@@ -191,7 +204,10 @@ def _attack_arguments(parser: argparse.ArgumentParser) -> None:
 
 def attack(args: argparse.Namespace) -> int:
     task, targets = challenge_targets(args.challenge, args.scenario, args.phase)
-    dataset = load_task_dataset(targets[0].scenario, args.data_dir, args.purchase100)
+    if is_built_task(task):
+        dataset = built_dataset(task, args.data_dir, args.system_dir)
+    else:
+        dataset = load_task_dataset(targets[0].scenario, args.data_dir, args.purchase100)
     written = attack_challenge(
         task,
         dataset,

@@ -2,8 +2,8 @@
 
 One task is built once for the module on a fake MNIST of 200 training images (the IDX files as
 ``tests/test_data.py`` writes them): a scenario without defence and one with Laplace noise on the wire,
-four models each, one epoch of the reference network. DP-SGD at a target ε costs seconds per model
-(the search for σ), so its scenario is built by a test marked ``slow``.
+four models each, one epoch of the reference network; ``mico.py attack`` then attacks it. DP-SGD at a
+target ε costs seconds per model (the search for σ), so its scenario is built by a test marked ``slow``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import torch
 from test_data import fake_mnist, write_mnist
 from test_mico_script import one_line_error
 
+from dpsnn.errors import ConfigError, DataError
+from dpsnn.mico.attack import attack_challenge
 from dpsnn.mico.build import (
     MANIFEST_FILE,
     STAGING_FOLDER,
@@ -31,9 +33,10 @@ from dpsnn.mico.build import (
     scenarios_for,
 )
 from dpsnn.mico.challenge import challenge_split, draw_seeds
-from dpsnn.mico.layout import PHASE_MODELS, read_model_folder, write_prediction
-from dpsnn.mico.official import rebuild_challenge
+from dpsnn.mico.layout import PHASE_MODELS, read_model_folder, read_predictions, write_prediction
+from dpsnn.mico.official import MicoDataset, rebuild_challenge
 from dpsnn.models import SplitNN
+from dpsnn.results import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = 200
@@ -208,3 +211,39 @@ def test_score_runs_on_a_built_tree(main, task, folders, tmp_path, capsys):
     assert "mnist_inf" in out and "ranking figure" in out
     for path in task.rglob("prediction.csv"):  # the tree is left as built for the other tests
         path.unlink()
+
+
+def attacking(task: Path, folders: Path, output: Path, attack: str) -> list[str]:
+    places = ["--data-dir", str(folders / "data"), "--system-dir", str(folders / "system")]
+    results = ["--output", str(output / "predictions"), "--results-dir", str(output / "results"), "--n-bootstrap", "5"]
+    return ["attack", "--challenge", str(task), "--attack", attack, *places, *results]
+
+
+@pytest.mark.parametrize("attack", ["membership-threshold:signal=loss", "calibrated:mode=online"])
+def test_attack_runs_on_a_built_tree(main, task, folders, tmp_path, capsys, attack):
+    before = mtimes(task)
+    assert main(attacking(task, folders, tmp_path, attack)) == 0
+    assert "ranking figure" in capsys.readouterr().out
+    written = sorted((tmp_path / "predictions" / "mnist").glob("*/*/model_*/prediction.csv"))
+    assert len(written) == len(SCENARIOS) * len(MODELS)
+    for path in written:  # the sizes come from build.json: 2 × len_challenge points each
+        scores = read_predictions(path.parent, count=2 * LEN_CHALLENGE)
+        assert bool(((scores >= 0) & (scores <= 1)).all())
+    _, rows = read_table(tmp_path / "results" / "scores.csv")
+    average = rows[-1]
+    assert average["phases"] == "train" and int(average["points"]) == len(SCENARIOS) * 2 * 2 * LEN_CHALLENGE
+    assert 0.0 <= float(average["AUC"]) <= 1.0
+    assert not any(task.rglob("prediction.csv")) and mtimes(task) == before
+
+
+def test_attack_on_a_built_tree_checks_its_manifest_and_dataset(task, folders, tmp_path):
+    dataset = built_dataset(task, folders / "data", folders / "system")
+    other = MicoDataset(task="fashion-mnist", inputs=dataset.inputs, labels=dataset.labels)
+    with pytest.raises(ConfigError, match="mnist models, but a fashion-mnist dataset was given"):
+        attack_challenge(task, other, "chance", output=tmp_path, progress=False)
+    copy = tmp_path / "mnist"
+    (copy / "mnist_stray" / "dev").mkdir(parents=True)  # a scenario folder that build.json does not list
+    (copy / MANIFEST_FILE).write_bytes((task / MANIFEST_FILE).read_bytes())
+    with pytest.raises(DataError, match="mnist_stray: a scenario that .* does not list"):
+        attack_challenge(copy, dataset, "chance", progress=False)
+    assert not any(tmp_path.rglob("prediction.csv"))

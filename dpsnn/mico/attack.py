@@ -1,5 +1,10 @@
 """A membership attack on MICO's published models: a ``prediction.csv`` for every model folder of a task.
 
+A task built by ``scripts/mico.py build`` (:mod:`dpsnn.mico.build`, a folder holding ``build.json``) is
+attacked the same way: its models are loaded with :func:`~dpsnn.mico.build.load_built_model`, its
+dataset is :func:`~dpsnn.mico.build.built_dataset`, and ``len_training`` and ``len_challenge`` default
+to those it was built with.
+
 For each model folder of each scenario (``<task>/<scenario>/{train,dev,final}/model_k``) the model is
 loaded with :func:`~dpsnn.mico.official.load_official_model`, its challenge points are rebuilt from its
 seeds with :func:`~dpsnn.mico.official.rebuild_challenge`, the attack scores them, and the scores are
@@ -66,6 +71,7 @@ from dpsnn.attacks.membership import Chance, ThresholdAttack
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR
 from dpsnn.defences.base import parse_spec_text
 from dpsnn.errors import ConfigError, DataError
+from dpsnn.mico.build import MANIFEST_FILE, is_built_task, load_built_model, read_manifest
 from dpsnn.mico.challenge import LEN_CHALLENGE
 from dpsnn.mico.folders import find_task
 from dpsnn.mico.layout import (
@@ -197,8 +203,7 @@ class ModelTarget:
     folder: Path
 
 
-def _scenario_folders(task: Path, scenarios: Sequence[str] | None) -> dict[str, Path]:
-    found = {entry.name: entry for entry in sorted(task.iterdir()) if any((entry / p).is_dir() for p in PHASES)}
+def _check_official_scenarios(task: Path, found: dict[str, Path]) -> None:
     try:
         task_name = task_of(task.name)  # a task folder named as MICO names them: its scenarios are that task's
     except ConfigError:
@@ -206,6 +211,21 @@ def _scenario_folders(task: Path, scenarios: Sequence[str] | None) -> dict[str, 
     for name, folder in found.items():
         if task_of(name) != task_name:
             raise DataError(f"{folder}: a {task_of(name)} scenario in a task folder of {task_name} scenarios")
+
+
+def _check_built_scenarios(task: Path, found: dict[str, Path]) -> None:
+    listed = read_manifest(task)["scenarios"]
+    for name, folder in found.items():
+        if name not in listed:
+            raise DataError(f"{folder}: a scenario that {task / MANIFEST_FILE} does not list ({', '.join(listed)})")
+
+
+def _scenario_folders(task: Path, scenarios: Sequence[str] | None) -> dict[str, Path]:
+    found = {entry.name: entry for entry in sorted(task.iterdir()) if any((entry / p).is_dir() for p in PHASES)}
+    if is_built_task(task):  # scenarios named <dataset>_<tag>, listed in the build manifest
+        _check_built_scenarios(task, found)
+    else:
+        _check_official_scenarios(task, found)
     if scenarios is None:
         return found
     for name in scenarios:
@@ -342,21 +362,30 @@ def attack_challenge(
     phases: Sequence[str] | None = None,
     output: str | Path | None = None,
     len_training: int | None = None,
-    len_challenge: int = LEN_CHALLENGE,
+    len_challenge: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[Path]:
     """Attack every model folder of ``challenge`` and write their ``prediction.csv``; returns the files written.
 
     ``scenarios`` and ``phases`` restrict the folders (default: all). ``len_training`` and
-    ``len_challenge`` are passed to :func:`~dpsnn.mico.official.rebuild_challenge` (the official sizes by
-    default). ``seed`` seeds ``chance`` (with each model's index). Every prediction is computed, and
-    checked, before the first is written.
+    ``len_challenge`` are passed to :func:`~dpsnn.mico.official.rebuild_challenge` (by default the
+    official sizes, or for a built task those of its ``build.json``). ``seed`` seeds ``chance`` (with each
+    model's index). Every prediction is computed, and checked, before the first is written.
     """
     attack = mico_attack(attack)
     task, targets = challenge_targets(challenge, scenarios, phases)
-    if task_of(targets[0].scenario) != dataset.task:
-        raise ConfigError(f"{task}: {task_of(targets[0].scenario)} models, but a {dataset.task} dataset was given")
+    built = is_built_task(task)
+    if built:
+        settings = read_manifest(task)["settings"]
+        models_of = settings["dataset"]
+        len_training = settings["len_training"] if len_training is None else len_training
+        len_challenge = settings["len_challenge"] if len_challenge is None else len_challenge
+    else:
+        models_of = task_of(targets[0].scenario)
+        len_challenge = LEN_CHALLENGE if len_challenge is None else len_challenge
+    if models_of != dataset.task:
+        raise ConfigError(f"{task}: {models_of} models, but a {dataset.task} dataset was given")
     if isinstance(attack, Calibrated) and phases is not None and "train" not in phases:
         _, extra = challenge_targets(challenge, scenarios, ("train",))
         shadows_only = {target.folder for target in extra}
@@ -365,7 +394,7 @@ def attack_challenge(
         shadows_only = set()
     rebuilt = []
     for target in tqdm(targets, desc="MICO models", unit="model", disable=None if progress else True):
-        model = load_official_model(target.folder, target.scenario)
+        model = load_built_model(target.folder) if built else load_official_model(target.folder, target.scenario)
         split = rebuild_challenge(target.folder, dataset, len_training, len_challenge)
         trained_on = None
         if split.members is not None and split.training is not None:
