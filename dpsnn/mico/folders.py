@@ -55,7 +55,6 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import auc
 
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.files import atomic_path
@@ -73,11 +72,11 @@ from dpsnn.mico.scoring import (
     FPR_LEVELS,
     RANKING_KEY,
     SCORE_KEYS,
+    curve_scores,
     ranking_figure,
     score,
     score_key,
     score_models,
-    tpr_at_fpr,
 )
 
 __all__ = [
@@ -305,15 +304,6 @@ def _curve(true_positives: np.ndarray, false_positives: np.ndarray) -> tuple[np.
     return false_positives / false_positives[-1], true_positives / true_positives[-1]
 
 
-def _curve_scores(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, float]:
-    """The official scores of an ROC, as :func:`~dpsnn.mico.scoring.score` computes them from it."""
-    scores = {score_key(level): tpr_at_fpr(fpr, tpr, level) for level in FPR_LEVELS}
-    scores["AUC"] = float(auc(fpr, tpr))  # what roc_auc_score returns: the trapezoids under the same curve
-    scores["MIA"] = float(np.max(tpr - fpr))
-    scores["accuracy"] = float(np.max(1 - (fpr + (1 - tpr)) / 2))
-    return scores
-
-
 class _GroupedPoints:
     """Challenge points grouped by distinct prediction, highest first: a resample's ROC is counted, not sorted."""
 
@@ -330,7 +320,7 @@ class _GroupedPoints:
         curve = _curve(
             np.cumsum(true_positives[drawn]).astype(np.float64), np.cumsum(false_positives[drawn]).astype(np.float64)
         )
-        return _curve_scores(*curve)
+        return curve_scores(*curve)
 
     def whole(self) -> dict[str, float]:
         """The scores of the points themselves, each drawn once."""

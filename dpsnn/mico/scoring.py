@@ -11,7 +11,7 @@ threshold serves every model, and reports:
 - ``TPR_FPR_<int(1e4·level)>`` for the levels 0.001, 0.01, 0.05, 0.1, 0.15 and 0.2
   (``TPR_FPR_10`` … ``TPR_FPR_2000``): the largest true-positive rate among the points of
   scikit-learn's ``roc_curve`` whose false-positive rate is *strictly below* the level;
-- ``AUC``: scikit-learn's ``roc_auc_score``;
+- ``AUC``: scikit-learn's ``roc_auc_score`` (the trapezoids under the same curve);
 - ``MIA``: the largest ``TPR − FPR`` over the ROC points (the membership advantage);
 - ``accuracy``: the largest ``1 − (FPR + 1 − TPR) / 2`` (balanced accuracy).
 
@@ -59,7 +59,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import auc, roc_curve
 
 from dpsnn.errors import ConfigError, DataError
 
@@ -68,6 +68,7 @@ __all__ = [
     "FPR_LEVELS",
     "RANKING_KEY",
     "SCORE_KEYS",
+    "curve_scores",
     "ranking_figure",
     "roc_points",
     "score",
@@ -155,6 +156,19 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
     return float(np.max(tpr[fpr < level]))  # the curve starts at (0, 0): never empty
 
 
+def curve_scores(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, float]:
+    """The official metrics (:data:`SCORE_KEYS`) read off the points of an official ROC.
+
+    The AUC is the trapezoid area under these points: what ``roc_auc_score`` computes, since it
+    draws the same curve (with the same point dropping) and sums the same trapezoids.
+    """
+    scores = {score_key(level): tpr_at_fpr(fpr, tpr, level) for level in FPR_LEVELS}
+    scores["AUC"] = float(auc(fpr, tpr))
+    scores["MIA"] = float(np.max(tpr - fpr))
+    scores["accuracy"] = float(np.max(1 - (fpr + (1 - tpr)) / 2))
+    return scores
+
+
 def score(solutions: Any, predictions: Any) -> dict[str, float]:
     """The official metrics (:data:`SCORE_KEYS`) of one ROC over all of a scenario's challenge points.
 
@@ -163,12 +177,7 @@ def score(solutions: Any, predictions: Any) -> dict[str, float]:
     """
     solutions, predictions = _checked_pair(solutions, predictions)
     _check_both_classes(solutions)
-    fpr, tpr = _official_roc(solutions, predictions)
-    scores = {score_key(level): tpr_at_fpr(fpr, tpr, level) for level in FPR_LEVELS}
-    scores["AUC"] = float(roc_auc_score(solutions, predictions))
-    scores["MIA"] = float(np.max(tpr - fpr))
-    scores["accuracy"] = float(np.max(1 - (fpr + (1 - tpr)) / 2))
-    return scores
+    return curve_scores(*_official_roc(solutions, predictions))
 
 
 def score_models(
