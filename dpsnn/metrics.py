@@ -23,6 +23,8 @@ images are in ``[0, 1]`` pixel space. :func:`mean_and_se` reduces either to
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ from torch import Tensor
 from dpsnn.errors import DataError
 from dpsnn.inference import batched, predict
 from dpsnn.stats import distance_correlation
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DCOR_BATCH_SIZE = 256  # dCor is a batch statistic: every script measures it at this size
 
@@ -210,6 +215,20 @@ def _membership_point(scores, members, levels: tuple[float, ...]) -> dict[str, f
     return point
 
 
+def stratified_draws(
+    members: np.ndarray, n_bootstrap: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The indices of each bootstrap resample's members and of its non-members, each drawn apart with replacement.
+
+    ``members`` is a boolean mask; every resample keeps the numbers of members and non-members.
+    """
+    import numpy as np
+
+    inside, outside = np.flatnonzero(members), np.flatnonzero(~np.asarray(members, dtype=bool))
+    for _ in range(n_bootstrap):
+        yield rng.choice(inside, size=len(inside), replace=True), rng.choice(outside, size=len(outside), replace=True)
+
+
 def membership_metrics(
     scores: Tensor,
     members: Tensor,
@@ -245,13 +264,9 @@ def membership_metrics(
     if truth.all() or not truth.any():
         raise DataError("membership metrics need both members and non-members among the candidates")
     point = _membership_point(score_values, truth, levels)
-    rng = np.random.default_rng(seed)
-    inside, outside = np.flatnonzero(truth), np.flatnonzero(~truth)
     samples = {name: np.empty(n_bootstrap) for name in point}
-    for draw in range(n_bootstrap):
-        chosen = np.concatenate(
-            [rng.choice(inside, size=len(inside), replace=True), rng.choice(outside, size=len(outside), replace=True)]
-        )
+    for draw, (inside, outside) in enumerate(stratified_draws(truth, n_bootstrap, np.random.default_rng(seed))):
+        chosen = np.concatenate([inside, outside])
         for name, value in _membership_point(score_values[chosen], truth[chosen], levels).items():
             samples[name][draw] = value
     row: dict[str, float] = {}

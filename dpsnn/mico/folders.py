@@ -48,7 +48,7 @@ Example::
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -58,7 +58,7 @@ import numpy as np
 
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.files import atomic_path
-from dpsnn.metrics import N_BOOTSTRAP
+from dpsnn.metrics import N_BOOTSTRAP, stratified_draws
 from dpsnn.mico.layout import (
     PHASES,
     PREDICTION_FILE,
@@ -282,18 +282,6 @@ def _check_seed(seed: int) -> None:
         raise ConfigError(f"the bootstrap seed must be a non-negative integer, got {seed!r}")
 
 
-def _stratified_draws(
-    solutions: np.ndarray, n_bootstrap: int, rng: np.random.Generator
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The indices of each resample's members and non-members, drawn apart with replacement."""
-    members, non_members = np.flatnonzero(solutions == 1), np.flatnonzero(solutions == 0)
-    for _ in range(n_bootstrap):
-        yield (
-            rng.choice(members, size=len(members), replace=True),
-            rng.choice(non_members, size=len(non_members), replace=True),
-        )
-
-
 def _curve(true_positives: np.ndarray, false_positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``roc_curve``'s (fpr, tpr) from its cumulative counts at each distinct threshold, highest first."""
     if len(false_positives) > 2:  # drop_intermediate: keep the ends and every point where a step changes
@@ -348,7 +336,7 @@ def bootstrap_scores(
     if grouped is not None and grouped.whole() != point:
         grouped = None  # a scikit-learn whose ROC is built otherwise: score each resample with it
     samples = {key: np.empty(n_bootstrap) for key in SCORE_KEYS}
-    draws = _stratified_draws(solutions, n_bootstrap, np.random.default_rng(seed))
+    draws = stratified_draws(solutions == 1, n_bootstrap, np.random.default_rng(seed))
     for draw, (members, non_members) in enumerate(draws):
         if grouped is not None:
             scores = grouped.scores(members, non_members)
