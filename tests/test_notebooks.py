@@ -1,5 +1,7 @@
 """Every analysis notebook runs top to bottom on a small results folder made by the runner."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -57,18 +59,44 @@ def test_there_is_one_notebook_per_question():
         assert any(topic in name for name in names), f"no notebook about {topic}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, small_results, small_unlearnable, tmp_path, monkeypatch):
-    monkeypatch.setenv("DPSNN_RESULTS", str(small_results))
-    for name, value in small_unlearnable.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DPSNN_FIGURES", str(tmp_path / "figures"))
+def execute(path: Path, folder: Path) -> tuple[Path, nbformat.NotebookNode]:
+    """Run the notebook at ``path`` in a kernel of its own, its figures under ``folder``; the executed notebook."""
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    resources = {"metadata": {"path": str(folder)}}
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources).execute()
+    return folder, notebook
+
+
+@pytest.fixture(scope="module")
+def executed(small_results, small_unlearnable, tmp_path_factory):
+    """Every notebook run top to bottom on the small results, two kernels at a time (each is a process of its own).
+
+    The kernels inherit the environment, so the variables pointing them at the small results are set for
+    the whole fixture; each notebook writes its figures into a folder of its own (DPSNN_FIGURES is relative).
+    """
+    settings = {"DPSNN_RESULTS": str(small_results), "DPSNN_FIGURES": "figures", **small_unlearnable}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            jobs = {path.stem: pool.submit(execute, path, tmp_path_factory.mktemp(path.stem)) for path in NOTEBOOKS}
+            return {name: job.result() if not job.exception() else job.exception() for name, job in jobs.items()}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, executed):
+    outcome = executed[path.stem]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    folder, notebook = outcome
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"
-    assert list((tmp_path / "figures").glob("*.png"))
+    assert list((folder / "figures").glob("*.png"))
