@@ -6,16 +6,14 @@ dict like the published ``model.pt`` files; the dataset is a small ``dataset_pur
 
 from __future__ import annotations
 
-import re
 import runpy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from test_mico_official import purchase_table, save_official, write_purchase
+from test_mico_script import one_line_error
 
-from dpsnn.cli import run
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.mico.attack import attack_challenge, mico_attack, to_unit_interval
 from dpsnn.mico.challenge import challenge_split, draw_seeds
@@ -93,17 +91,6 @@ def attacking(root: Path, *extra: str) -> list[str]:
 
 def model_folders(root: Path) -> list[Path]:
     return sorted((root / "purchase100").glob("*/*/model_*"))
-
-
-def one_line_error(main, argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", [SCRIPT])
-    with pytest.raises(SystemExit) as exited:
-        run(main, argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert re.match(rf"{SCRIPT}( \w+)?: error: ", lines[0]), lines[0]
-    return exited.value.code, lines[0]
 
 
 def average(root: Path) -> dict[str, str]:
