@@ -22,7 +22,6 @@ added twice. A lock file keeps two runners from writing one folder at once. Exam
 
 from __future__ import annotations
 
-import fcntl
 import math
 import numbers
 import os
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpsnn.errors import DpsnnError, ResultsError
 from dpsnn.experiments.suites import RunConfig
+from dpsnn.files import release_lock, try_lock
 from dpsnn.results import format_cell, read_table, write_table
 
 if TYPE_CHECKING:
@@ -232,19 +232,10 @@ def _parse_all(path: Path, rows: Sequence[Mapping[str, str]]) -> list[dict[str, 
 
 
 def _locked(folder: Path) -> Any:
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = (folder / LOCK_FILE).open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise ResultsError(f"another run is writing {folder} (it holds {folder / LOCK_FILE})") from None
+    lock = try_lock(folder / LOCK_FILE)
+    if lock is None:
+        raise ResultsError(f"another run is writing {folder} (it holds {folder / LOCK_FILE})")
     return lock
-
-
-def _release(lock: Any) -> None:
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    lock.close()
 
 
 def upgrade(folder: str | Path) -> str | None:
@@ -263,7 +254,7 @@ def upgrade(folder: str | Path) -> str | None:
     try:
         return migrate_v1(folder)
     finally:
-        _release(lock)
+        release_lock(lock)
 
 
 def read_runs(folder: str | Path) -> list[dict[str, Any]]:
@@ -308,12 +299,12 @@ class RunStore:
                 check_table(self.path, header, rows)
             self._header, self._rows = list(header), _parse_all(self.path, rows)
         except BaseException:
-            _release(self._lock_file)
+            release_lock(self._lock_file)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _release(self._lock_file)
+        release_lock(self._lock_file)
 
     @property
     def metrics(self) -> list[str]:

@@ -55,7 +55,6 @@ and ``python scripts/mico.py build --dataset fashion-mnist --models 8 --epsilons
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -74,7 +73,7 @@ from dpsnn.checkpoints import load_classifier, save_checkpoint
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, dataset_info, load_images
 from dpsnn.defences import Defence, canonical, check, defence_from
 from dpsnn.errors import ConfigError, DataError
-from dpsnn.files import atomic_path
+from dpsnn.files import atomic_path, release_lock, try_lock
 from dpsnn.mico.challenge import LEN_CHALLENGE, ChallengeSeeds, challenge_split, draw_seeds
 from dpsnn.mico.layout import PHASE_MODELS, PHASES, model_index, model_weights_path, write_model_folder
 from dpsnn.mico.official import MicoDataset
@@ -263,16 +262,13 @@ def _write_manifest(task: Path, manifest: dict[str, Any]) -> None:
 
 @contextmanager
 def _locked(task: Path) -> Iterator[None]:
-    task.mkdir(parents=True, exist_ok=True)
-    with (task / LOCK_FILE).open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another builder is writing {task} (it holds {task / LOCK_FILE})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    lock = try_lock(task / LOCK_FILE)
+    if lock is None:
+        raise ConfigError(f"another builder is writing {task} (it holds {task / LOCK_FILE})")
+    try:
+        yield
+    finally:
+        release_lock(lock)
 
 
 # ------------------------------------------------------------------------------------- building
