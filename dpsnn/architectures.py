@@ -9,6 +9,9 @@ name               the split
                    feature map at half resolution; the server has two more blocks
 ``resnet18:K``     torchvision's ResNet-18 adapted to 32×32 images (3×3 stem, stride 1, no
                    max-pool), cut after stage K (1, 2 or 3): the client sends its feature map
+``mlp:W``          a perceptron of MICO's Purchase-100 shape: the client maps the flattened
+                   image to a W-vector with tanh (W = 128 by default); the server is one
+                   linear layer. Cheap to train many of, as membership inference needs
 =================  ====================================================================
 
 Nothing here assumes an image size: the intermediate's shape is read off the client
@@ -218,3 +221,20 @@ def resnet18(input_shape: Shape, num_classes: int, option: str | None) -> tuple[
     client = nn.Sequential(net.conv1, net.bn1, net.relu, *stages[:cut])
     server = nn.Sequential(*stages[cut:], net.avgpool, nn.Flatten(), net.fc)
     return client, server
+
+
+MLP_WIDTHS = ("64", "128", "256", "512")
+
+
+@register_architecture(
+    "mlp",
+    "a perceptron (MICO's Purchase-100 shape); a tanh W-vector crosses the wire",
+    option="the width W of the hidden layer",
+    options=MLP_WIDTHS,
+    default="128",
+)
+def mlp(input_shape: Shape, num_classes: int, option: str | None) -> tuple[nn.Module, nn.Module]:
+    width = int(option or 128)
+    inputs = input_shape[0] * input_shape[1] * input_shape[2]
+    client = nn.Sequential(nn.Flatten(), nn.Linear(inputs, width), nn.Tanh())
+    return client, nn.Linear(width, num_classes)
