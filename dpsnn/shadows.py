@@ -61,6 +61,8 @@ __all__ = [
     "member_masks",
     "model_maker",
     "reset_copy",
+    "EpochHook",
+    "train_scheduled",
     "train_shadows",
     "train_shadows_one_by_one",
 ]
@@ -280,14 +282,12 @@ def train_shadows(
     ``torch.manual_seed(seed)``, on the device ``make_model`` puts them on; the images follow
     them there.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown shadow training strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     _check_inputs(images, labels, masks)
     models = _build(make_model, len(masks), seed)
-    if strategy == "auto":
-        strategy = choose_strategy(models[0])
-    train = _train_together if strategy == "together" else _train_one_by_one
-    return train(models, images, labels, masks, recipe, seed, progress)
+    schedule = batch_schedule(masks, recipe.batch_size, recipe.epochs, seed)
+    torch.manual_seed(seed)
+    base, params, buffers = train_scheduled(models, images, labels, schedule, recipe, strategy, progress)
+    return ShadowModels(base, params, buffers, masks)
 
 
 def train_shadows_one_by_one(
@@ -303,15 +303,52 @@ def train_shadows_one_by_one(
     return train_shadows(make_model, images, labels, masks, recipe, seed, progress, strategy="one-by-one")
 
 
+#: Called after every epoch: ``(epoch, model indices, their stacked parameters, their stacked buffers)``.
+EpochHook = Callable[[int, list[int], dict[str, Tensor], dict[str, Tensor]], None]
+
+
+def train_scheduled(
+    models: list[nn.Module],
+    images: Tensor,
+    labels: Tensor,
+    schedule: Tensor,
+    recipe: ShadowRecipe,
+    strategy: str = "auto",
+    progress: bool = False,
+    on_epoch: EpochHook | None = None,
+) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
+    """Train built ``models`` on ``schedule`` (``(epochs, batches, S, B)`` indices into ``images``, as
+    :func:`batch_schedule` makes) with Adam at ``recipe``'s rate, together or one by one.
+
+    The engine under :func:`train_shadows`, for callers with a schedule of their own (the MICO
+    build: each model's batch order from its own seed). Returns a stateless copy of the
+    architecture and the trained, stacked parameters and buffers. ``on_epoch`` sees the
+    models after each of their epochs: all of them at once when trained together, one at a
+    time (its index alone) when one by one. Random draws inside the models (dropout, wire
+    noise) come from torch's global generator, seeded by the caller.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown shadow training strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if schedule.dim() != 4 or schedule.shape[2] != len(models):
+        raise DataError(
+            f"a schedule for {len(models)} models is (epochs, batches, {len(models)}, batch), "
+            f"got {tuple(schedule.shape)}"
+        )
+    if strategy == "auto":
+        strategy = choose_strategy(models[0])
+    train = _train_together if strategy == "together" else _train_one_by_one
+    return train(models, images, labels, schedule, recipe, progress, on_epoch)
+
+
 def _train_together(
     models: list[nn.Module],
     images: Tensor,
     labels: Tensor,
-    masks: Tensor,
+    schedule: Tensor,
     recipe: ShadowRecipe,
-    seed: int,
     progress: bool,
-) -> ShadowModels:
+    on_epoch: EpochHook | None,
+) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
     params, buffers = stack_module_state(models)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
     base = copy.deepcopy(models[0]).to("meta")
@@ -324,43 +361,49 @@ def _train_together(
         return functional_call(wrapped, (_prefixed(params), _prefixed(buffers)), (x, y))
 
     step_losses = vmap(one, randomness="different")
-    schedule = batch_schedule(masks, recipe.batch_size, recipe.epochs, seed)
-    torch.manual_seed(seed)
-    base.train()
-    for epoch_batches in _epochs(schedule, progress):
+    everyone = list(range(len(models)))
+    for epoch, epoch_batches in enumerate(_epochs(schedule, progress)):
+        base.train()
         for indices in epoch_batches:  # (S, B)
             indices = indices.to(device)
             losses = step_losses(params, buffers, images[indices], labels[indices])
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # disjoint slices: each shadow's parameters get its own loss's gradient
             optimizer.step()
-    return ShadowModels(base, params, buffers, masks)
+        if on_epoch is not None:
+            with torch.no_grad():
+                on_epoch(epoch, everyone, {n: p.detach() for n, p in params.items()}, buffers)
+    return base, {n: p.detach() for n, p in params.items()}, buffers
 
 
 def _train_one_by_one(
     models: list[nn.Module],
     images: Tensor,
     labels: Tensor,
-    masks: Tensor,
+    schedule: Tensor,
     recipe: ShadowRecipe,
-    seed: int,
     progress: bool,
-) -> ShadowModels:
+    on_epoch: EpochHook | None,
+) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
     device = next(models[0].parameters()).device
     images, labels = images.to(device), labels.to(device)
-    schedule = batch_schedule(masks, recipe.batch_size, recipe.epochs, seed)
-    torch.manual_seed(seed)
     for shadow, model in enumerate(models):
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        for epoch_batches in _epochs(schedule, progress and shadow == 0):
+        for epoch, epoch_batches in enumerate(_epochs(schedule, progress and shadow == 0)):
+            model.train()
             for indices in epoch_batches[:, shadow]:  # (B,)
                 indices = indices.to(device)
                 loss = _loss(model, images[indices], labels[indices])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            if on_epoch is not None:
+                with torch.no_grad():
+                    state = {n: t.detach().unsqueeze(0) for n, t in model.named_parameters()}
+                    buffers = {n: b.unsqueeze(0) for n, b in model.named_buffers()}
+                    on_epoch(epoch, [shadow], state, buffers)
     params, buffers = stack_module_state(models)
-    return ShadowModels(copy.deepcopy(models[0]).to("meta"), params, buffers, masks)
+    return copy.deepcopy(models[0]).to("meta"), params, buffers
 
 
 def _epochs(schedule: Tensor, progress: bool) -> Tensor | object:

@@ -37,7 +37,8 @@ written by ``build`` is attacked alike: its models are dpsnn classifiers, its da
 ``build`` trains a MICO task of one's own (:mod:`dpsnn.mico.build`) into ``<output>/<dataset>``: K
 models (``--models``, 4 to 200; ⌈K/2⌉ train, then dev and final) for each ε of ``--epsilons``
 (``inf``: no defence; a number: DP-SGD on the whole model at that ε, δ the DP defence's default) and
-each ``--defence`` spec, in MICO's layout. Rerun the same command to finish an interrupted build or to
+each ``--defence`` spec, in MICO's layout. Models of a scenario without DP-SGD or suppress are trained
+in groups, together (``--strategy``); the others one by one. Rerun the same command to finish an interrupted build or to
 raise ``--models``; other settings on the same tree are refused.
 """
 
@@ -60,12 +61,21 @@ from dpsnn.mico.attack import (
     mico_attack,
     predictions_folder,
 )
-from dpsnn.mico.build import DEFAULT_VAL_SIZE, BuildSettings, build_task, built_dataset, is_built_task, scenarios_for
+from dpsnn.mico.build import (
+    DEFAULT_GROUP_SIZE,
+    DEFAULT_VAL_SIZE,
+    BuildSettings,
+    build_task,
+    built_dataset,
+    is_built_task,
+    scenarios_for,
+)
 from dpsnn.mico.challenge import LEN_CHALLENGE
 from dpsnn.mico.folders import AVERAGE, ROW_COLUMNS, FolderScores, score_folders, score_rows, write_scores_txt
 from dpsnn.mico.layout import PHASES, PREDICTION_FILE, write_submission_zip
 from dpsnn.mico.scoring import RANKING_KEY, SCORE_KEYS
 from dpsnn.results import RESULTS_DIR, write_table
+from dpsnn.shadows import STRATEGIES
 
 SCORES_CSV = "scores.csv"
 DEFAULT_ATTACK = "membership-threshold:signal=loss"
@@ -286,6 +296,19 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"evaluation points that pick each model's best epoch (default {DEFAULT_VAL_SIZE})",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="the seed every split derives from")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="how a scenario without DP-SGD or suppress trains its models: all together (one vmapped step), "
+        "one by one, or auto (together unless the network is convolutional and on the CPU); the models are the same",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=positive_int,
+        default=DEFAULT_GROUP_SIZE,
+        help=f"models trained together at most (default {DEFAULT_GROUP_SIZE}); an interrupted group is redone",
+    )
     parser.add_argument("--output", type=Path, default=Path("mico"), help="the task goes into OUTPUT/<dataset>")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--system-dir", type=Path, default=SYSTEM_DATA_DIR, help=argparse.SUPPRESS)
@@ -304,7 +327,16 @@ def build(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     scenarios = scenarios_for(args.dataset, args.epsilons, args.defence)
-    report = build_task(args.output, settings, scenarios, args.models, args.data_dir, args.system_dir)
+    report = build_task(
+        args.output,
+        settings,
+        scenarios,
+        args.models,
+        args.data_dir,
+        args.system_dir,
+        strategy=args.strategy,
+        group_size=args.group_size,
+    )
     names = ", ".join(scenario.name for scenario in scenarios)
     print(f"{report.task}: trained {len(report.built)} models, {len(report.skipped)} already there ({names})")
     return 0

@@ -18,6 +18,7 @@ import torch
 from test_data import fake_mnist, write_mnist
 from test_mico_script import one_line_error
 
+from dpsnn.defences import defence_from
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.mico.attack import attack_challenge
 from dpsnn.mico.build import (
@@ -31,7 +32,10 @@ from dpsnn.mico.build import (
     planned_models,
     read_manifest,
     scenarios_for,
+    stackable,
+    trainer_of,
 )
+from dpsnn.mico.build import _BestEpochs as BestEpochs
 from dpsnn.mico.challenge import challenge_split, draw_seeds
 from dpsnn.mico.layout import PHASE_MODELS, read_model_folder, read_predictions, write_prediction
 from dpsnn.mico.official import MicoDataset, rebuild_challenge
@@ -116,8 +120,12 @@ def test_the_manifest_records_the_settings(task):
     manifest = read_manifest(task)
     assert manifest["settings"]["len_training"] == POOL // 2
     assert manifest["settings"]["architecture"] == "reference"
-    assert manifest["scenarios"]["mnist_inf"] == {"defences": "none", "models": 4}
-    assert manifest["scenarios"]["mnist_05noise"] == {"defences": "laplace(scale=0.5)", "models": 4}
+    assert manifest["scenarios"]["mnist_inf"] == {"defences": "none", "models": 4, "trainer": "stacked"}
+    assert manifest["scenarios"]["mnist_05noise"] == {
+        "defences": "laplace(scale=0.5)",
+        "models": 4,
+        "trainer": "stacked",
+    }
     assert json.loads((task / MANIFEST_FILE).read_text())["format"] == 1
 
 
@@ -247,3 +255,96 @@ def test_attack_on_a_built_tree_checks_its_manifest_and_dataset(task, folders, t
     with pytest.raises(DataError, match="mnist_stray: a scenario that .* does not list"):
         attack_challenge(copy, dataset, "chance", progress=False)
     assert not any(tmp_path.rglob("prediction.csv"))
+
+
+def build_settings(**changes) -> BuildSettings:
+    return BuildSettings(
+        dataset="mnist",
+        architecture="mlp",
+        epochs=2,
+        len_challenge=LEN_CHALLENGE,
+        batch_size=32,
+        val_size=30,
+        **changes,
+    )
+
+
+def weights(task: Path, scenario: str) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        str(path.parent.name): load_built_model(path.parent).state_dict()
+        for path in task.rglob("model.pt")
+        if scenario in path.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def together(folders, tmp_path_factory):
+    """The inf and NoPeek scenarios of the perceptron trained together (vmapped), two epochs, one group."""
+    output = tmp_path_factory.mktemp("together")
+    scenarios = scenarios_for("mnist", [math.inf], ["nopeek:weight=0.5"])
+    data = {"data_dir": folders / "data", "system_dir": folders / "system", "progress": False}
+    torch.set_num_threads(1)
+    build_task(output, build_settings(), scenarios, 4, strategy="together", **data)
+    return output / "mnist", scenarios, data
+
+
+@pytest.mark.parametrize("scenario", ["mnist_inf", "mnist_05nopeek"])
+def test_models_trained_together_equal_those_trained_one_by_one_and_alone(together, tmp_path, scenario):
+    task, scenarios, data = together
+    stacked = weights(task, scenario)
+    assert len(stacked) == 4
+    for strategy, group_size in (("one-by-one", 50), ("together", 1)):  # the same arithmetic; groups of one
+        output = tmp_path / f"{strategy}-{group_size}"
+        build_task(output, build_settings(), scenarios, 4, strategy=strategy, group_size=group_size, **data)
+        alone = weights(output / "mnist", scenario)
+        assert alone.keys() == stacked.keys()
+        for model, state in alone.items():
+            for name, tensor in state.items():
+                torch.testing.assert_close(
+                    tensor,
+                    stacked[model][name],
+                    rtol=1e-4,
+                    atol=1e-5,
+                    msg=lambda m, where=f"{strategy} {group_size} {model} {name}": f"{where}: {m}",
+                )
+    first, second = (stacked[name]["client.1.weight"] for name in ("model_0", "model_1"))
+    assert not torch.allclose(first, second)  # each model its own seed
+
+
+def test_each_stacked_model_keeps_its_best_epoch_on_its_own_validation_points():
+    base = torch.nn.Linear(2, 2).to("meta")
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    best = BestEpochs(base, images, labels, [torch.tensor([0, 1]), torch.tensor([1, 1])])
+    right = {"weight": torch.eye(2), "bias": torch.zeros(2)}
+    wrong = {"weight": torch.eye(2).flip(0), "bias": torch.zeros(2)}
+
+    def stacked(*states: dict) -> dict[str, torch.Tensor]:
+        return {name: torch.stack([state[name] for state in states]) for name in states[0]}
+
+    best(0, [0, 1], stacked(wrong, right), {})  # model 0: 0.0, model 1: 1.0
+    best(1, [0, 1], stacked(right, right), {})  # model 0 improves; model 1 ties and keeps epoch 0
+    best(2, [1], stacked(wrong), {})  # one-by-one: only model 1's epoch 2, worse
+    assert best.epoch == [1, 0] and best.accuracy == [1.0, 1.0]
+    assert torch.equal(best.state[0]["weight"], torch.eye(2)) and torch.equal(best.state[1]["weight"], torch.eye(2))
+
+
+def test_dp_sgd_and_suppress_train_one_by_one_in_lightning_and_the_rest_stacked():
+    assert stackable([defence_from("laplace:scale=0.5"), defence_from("nopeek:weight=1")])
+    assert not stackable([defence_from("dp:epsilon=4")]) and not stackable([defence_from("suppress:sparse_end=0.5")])
+    (eps4,) = scenarios_for("mnist", [4.0])
+    assert trainer_of(eps4) == "lightning" and trainer_of(scenarios_for("mnist", [math.inf])[0]) == "stacked"
+
+
+def test_a_scenario_trained_by_another_trainer_is_refused(folders, task, tmp_path):
+    copy = tmp_path / "mico" / "mnist"
+    copy.mkdir(parents=True)
+    manifest = read_manifest(task)
+    del manifest["scenarios"]["mnist_inf"]["trainer"]  # as an older build wrote it: Lightning
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    data = {"data_dir": folders / "data", "system_dir": folders / "system", "progress": False}
+    settings = BuildSettings(dataset="mnist", epochs=1, len_challenge=LEN_CHALLENGE, batch_size=32, val_size=30)
+    with pytest.raises(ConfigError, match="trained by the lightning trainer"):
+        build_task(tmp_path / "mico", settings, scenarios_for("mnist", [math.inf]), 4, **data)
+    with pytest.raises(ConfigError, match="unknown training strategy 'fast'"):
+        build_task(tmp_path / "mico", settings, scenarios_for("mnist", [math.inf]), 4, strategy="fast", **data)

@@ -21,20 +21,30 @@ and members, only the defence differs. ``len_training`` defaults to ``N // 2``: 
 member of about half the models, as LiRA's shadows want, and ``N/2 − m`` points are left to evaluate on.
 ``len_challenge`` (m) is MICO's 100.
 
-**Training.** Each model is a :class:`~dpsnn.models.SplitNN` of ``architecture`` trained by
-:func:`~dpsnn.training.train_classifier` on ``split.train`` for ``epochs`` epochs with the scenario's
-defences, keeping its best epoch by accuracy on the first ``val_size`` points of ``split.evaluation``
-(never challenge points). Its torch seed is derived apart from the split's seeds, so a ``dev`` or
-``final`` checkpoint discloses nothing of its split. An ε scenario trains with ``dp:epsilon=ε,part=model``:
-DP-SGD on the whole model (the attacker gets all of it, as in MICO's DP scenarios), δ the DP defence's
-default, 1/n rounded down to a power of ten (n = ``len_training``: 1e-5 for 30,000). ``model.pt`` is a
-dpsnn classifier checkpoint (:func:`~dpsnn.checkpoints.save_checkpoint`: plain data, architecture and
-defences recorded), loaded by :func:`load_built_model`; a ``train`` folder also holds its three seeds and
-``solution.csv``, a ``dev``/``final`` one ``seed_challenge`` only (:func:`~dpsnn.mico.layout.write_model_folder`).
+**Training.** Each model is a :class:`~dpsnn.models.SplitNN` of ``architecture`` trained for ``epochs``
+epochs (Adam, ``learning_rate``, ``batch_size``) on ``split.train`` with the scenario's defences, and kept
+at its best epoch by accuracy on the first ``val_size`` points of ``split.evaluation`` (never challenge
+points). Its torch seed is derived apart from the split's seeds, so a ``dev`` or ``final`` checkpoint
+discloses nothing of its split. Two trainers, recorded per scenario in ``build.json``:
+
+- ``stacked`` (a scenario whose defences act only through the wire and the loss: none, noise, NoPeek):
+  up to ``group_size`` models at once by :func:`~dpsnn.shadows.train_scheduled`, ``together`` (one
+  vmapped step for the group) or ``one-by-one`` (the same arithmetic in a loop; ``auto`` picks, as for
+  shadow models). Each model's initial weights and batch order (each epoch a fresh shuffle of its
+  points, topped up to whole batches) come from its own seed, so its weights do not depend on its
+  group; only a noise scenario's wire noise does (one generator, seeded by the group's first model).
+- ``lightning`` (DP-SGD, suppress-privacy): :func:`~dpsnn.training.train_classifier`, one model at a time.
+
+An ε scenario trains with ``dp:epsilon=ε,part=model``: DP-SGD on the whole model (the attacker gets all
+of it, as in MICO's DP scenarios), δ the DP defence's default, 1/n rounded down to a power of ten
+(n = ``len_training``: 1e-5 for 30,000). ``model.pt`` is a dpsnn classifier checkpoint
+(:func:`~dpsnn.checkpoints.save_checkpoint`: plain data, architecture and defences recorded), loaded by
+:func:`load_built_model`; a ``train`` folder also holds its three seeds and ``solution.csv``, a
+``dev``/``final`` one ``seed_challenge`` only (:func:`~dpsnn.mico.layout.write_model_folder`).
 
 **Resuming.** A model folder is written whole under ``<scenario>/.building`` and renamed into place once
-its ``model.pt`` is saved, so a model folder that exists is finished and is skipped; an interrupted one
-leaves only the staging folder, redone next time. A lock (``<task>/.lock``) keeps two builders off one
+its ``model.pt`` is saved, so a model folder that exists is finished and is skipped; an interrupted
+group leaves only the staging folder, redone next time. A lock (``<task>/.lock``) keeps two builders off one
 tree. ``build.json`` records the settings and each scenario's defences and model count; a build with
 other settings, a scenario name with other defences, or fewer models than a scenario holds is refused.
 Scenarios may be added later. The manifest's ``seed`` regenerates every split, solutions of ``dev`` and
@@ -54,6 +64,7 @@ and ``python scripts/mico.py build --dataset fashion-mnist --models 8 --epsilons
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -66,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from dpsnn.architectures import canonical_architecture
@@ -78,11 +90,14 @@ from dpsnn.mico.challenge import LEN_CHALLENGE, ChallengeSeeds, challenge_split,
 from dpsnn.mico.layout import PHASE_MODELS, PHASES, model_index, model_weights_path, write_model_folder
 from dpsnn.mico.official import MicoDataset
 from dpsnn.models import SplitNN
+from dpsnn.shadows import STRATEGIES, ShadowRecipe, batch_schedule, train_scheduled
 from dpsnn.training import train_classifier
 
 __all__ = [
     "BUILD_FORMAT",
+    "DEFAULT_GROUP_SIZE",
     "DEFAULT_VAL_SIZE",
+    "TRAINERS",
     "LOCK_FILE",
     "MANIFEST_FILE",
     "MAX_MODELS",
@@ -100,6 +115,8 @@ __all__ = [
     "read_manifest",
     "scenario_name",
     "scenarios_for",
+    "stackable",
+    "trainer_of",
 ]
 
 BUILD_FORMAT = 1
@@ -109,6 +126,8 @@ STAGING_FOLDER = ".building"
 MIN_MODELS = 4  # a model in dev and in final, and two train models (the calibrated attack's shadows)
 MAX_MODELS = 200  # MICO numbers its models 0 to 199
 DEFAULT_VAL_SIZE = 1000
+DEFAULT_GROUP_SIZE = 50  # models trained together at most (one vmapped step); a group is redone if interrupted
+TRAINERS = ("stacked", "lightning")
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -187,6 +206,20 @@ def scenarios_for(dataset: str, epsilons: Iterable[float], defences: Iterable[De
     return scenarios
 
 
+def stackable(defences: Sequence[Defence]) -> bool:
+    """Whether models with ``defences`` can be trained stacked: each acts only through the wire and loss terms.
+
+    A defence that wraps the optimiser or the loader (DP-SGD) or needs Lightning callbacks
+    (suppress-privacy) is trained by :func:`~dpsnn.training.train_classifier`, one model at a time.
+    """
+    return all(type(d).wrap is Defence.wrap and type(d).callbacks is Defence.callbacks for d in defences)
+
+
+def trainer_of(scenario: Scenario) -> str:
+    """``"stacked"`` (:func:`~dpsnn.shadows.train_scheduled`) where :func:`stackable`, else ``"lightning"``."""
+    return "stacked" if stackable(scenario.defences) else "lightning"
+
+
 # --------------------------------------------------------------------------------------- models
 
 
@@ -234,7 +267,10 @@ def is_built_task(task: str | Path) -> bool:
 
 def _merged_manifest(task: Path, settings: BuildSettings, scenarios: Sequence[Scenario], models: int) -> dict:
     wanted = dataclasses.asdict(settings)
-    entries = {scenario.name: {"defences": canonical(scenario.defences), "models": models} for scenario in scenarios}
+    entries = {
+        scenario.name: {"defences": canonical(scenario.defences), "models": models, "trainer": trainer_of(scenario)}
+        for scenario in scenarios
+    }
     if not (task / MANIFEST_FILE).is_file():
         if task.is_dir() and any(entry.name != LOCK_FILE for entry in task.iterdir()):
             raise ConfigError(f"{task} holds files but no {MANIFEST_FILE}; build into an empty or new folder")
@@ -250,6 +286,11 @@ def _merged_manifest(task: Path, settings: BuildSettings, scenarios: Sequence[Sc
         before = manifest["scenarios"].get(name, entry)
         if before["defences"] != entry["defences"]:
             raise ConfigError(f"{task}: scenario {name} was built with {before['defences']}, not {entry['defences']}")
+        if before.get("trainer", "lightning") != entry["trainer"]:
+            raise ConfigError(
+                f"{task}: scenario {name}'s models were trained by the {before.get('trainer', 'lightning')} trainer, "
+                f"which this version no longer uses for them; build into another --output"
+            )
         if models < before["models"]:
             raise ConfigError(f"{task}: scenario {name} holds {before['models']} models; --models cannot go below that")
     return {**manifest, "scenarios": {**manifest["scenarios"], **entries}}
@@ -321,23 +362,136 @@ def _train_model(
     )
 
 
-def _build_model(
-    folder: Path, scenario: Scenario, phase: str, index: int, settings: BuildSettings, pool: tuple
-) -> None:
-    """Train model ``index`` of ``scenario`` and write its folder whole: staged, then renamed into place."""
-    images, labels = pool
+def _stage(folder: Path, phase: str, index: int, settings: BuildSettings, pool_size: int) -> tuple[Path, Any]:
+    """Write model ``index``'s seeds (and solution) into the staging folder; its staged folder and split."""
     seeds: ChallengeSeeds = draw_seeds(settings.seed, index)
-    split = challenge_split(len(labels), settings.len_training, seeds, settings.len_challenge)
-    staging = folder.parent.parent / STAGING_FOLDER
-    staged = staging / phase / folder.name
+    split = challenge_split(pool_size, settings.len_training, seeds, settings.len_challenge)
+    staged = folder.parent.parent / STAGING_FOLDER / phase / folder.name
     shutil.rmtree(staged, ignore_errors=True)  # what an interrupted build left
-    write_model_folder(staging, phase, index, seeds, split.solution if phase == "train" else None)
-    model, epoch = _train_model(settings, scenario, split, images, labels, _torch_seed(settings.seed, index))
+    write_model_folder(staged.parent.parent, phase, index, seeds, split.solution if phase == "train" else None)
+    return staged, split
+
+
+def _finish(folder: Path, staged: Path, model: SplitNN, epoch: int, scenario: Scenario, phase: str, index: int) -> None:
+    """Save ``model`` into its staged folder and rename the folder into place: it exists only when whole."""
     extra = {"mico_scenario": scenario.name, "mico_phase": phase, "mico_index": index}
     save_checkpoint(model, model_weights_path(staged), "classifier", epoch, extra)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged.rename(folder)
+
+
+def _build_group(
+    jobs: Sequence[tuple[Scenario, str, int, Path]], settings: BuildSettings, pool: tuple, strategy: str, progress: bool
+) -> None:
+    """Train the models ``jobs`` (one scenario) and write each folder whole: staged, then renamed into place."""
+    scenario = jobs[0][0]
+    staging = jobs[0][3].parent.parent / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)
+    staged = [_stage(folder, phase, index, settings, len(pool[1])) for _, phase, index, folder in jobs]
+    if trainer_of(scenario) == "stacked":
+        splits = [(index, split) for (_, _, index, _), (_, split) in zip(jobs, staged, strict=True)]
+        trained = _train_stacked(settings, scenario, splits, pool, strategy, progress)
+    else:
+        (_, _, index, _), (_, split) = jobs[0], staged[0]
+        trained = [_train_model(settings, scenario, split, *pool, _torch_seed(settings.seed, index))]
+    for (_, phase, index, folder), (path, _), (model, epoch) in zip(jobs, staged, trained, strict=True):
+        _finish(folder, path, model, epoch, scenario, phase, index)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _groups(
+    todo: Sequence[tuple[Scenario, str, int, Path]], group_size: int
+) -> list[list[tuple[Scenario, str, int, Path]]]:
+    """``todo`` cut into groups trained at once: up to ``group_size`` models of one stacked scenario, else one."""
+    groups: list[list[tuple[Scenario, str, int, Path]]] = []
+    for job in todo:
+        last = groups[-1] if groups else None
+        joins = last is not None and last[0][0] == job[0] and trainer_of(job[0]) == "stacked"
+        if joins and len(last) < group_size:
+            last.append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
+class _BestEpochs:
+    """After each epoch, each model's accuracy on its own validation points; keeps each model's best state.
+
+    A model's state is kept when its accuracy is strictly above its best so far, so the first of
+    equal epochs wins, as with :func:`~dpsnn.training.train_classifier`'s checkpointing.
+    """
+
+    def __init__(self, base: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, vals: list[torch.Tensor]):
+        self.base, self.images, self.labels, self.vals = base, images, labels, vals
+        self.accuracy = [-1.0] * len(vals)
+        self.epoch = [0] * len(vals)
+        self.state: list[dict[str, torch.Tensor]] = [{} for _ in vals]
+
+    def __call__(self, epoch: int, which: list[int], params: dict, buffers: dict) -> None:
+        self.base.eval()
+        x = torch.stack([self.images[self.vals[i]] for i in which])  # (S, V, ...)
+        y = torch.stack([self.labels[self.vals[i]] for i in which])
+
+        def one(p: dict, b: dict, images: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.base, (p, b), (images,))
+
+        logits = vmap(one, randomness="different")(params, buffers, x)
+        accuracy = (logits.argmax(-1) == y).float().mean(dim=1).tolist()
+        for j, i in enumerate(which):
+            if accuracy[j] > self.accuracy[i]:
+                self.accuracy[i], self.epoch[i] = accuracy[j], epoch
+                self.state[i] = {name: t[j].clone() for name, t in {**params, **buffers}.items()}
+
+
+def _train_stacked(
+    settings: BuildSettings,
+    scenario: Scenario,
+    jobs: Sequence[tuple[int, Any]],
+    pool: tuple[torch.Tensor, torch.Tensor],
+    strategy: str,
+    progress: bool,
+) -> list[tuple[SplitNN, int]]:
+    """Train the models ``jobs`` (``(index, split)``) of a stackable scenario at once; each at its best epoch.
+
+    Model ``k`` starts from weights drawn under its own torch seed and takes its mini-batches in
+    an order drawn from that seed (:func:`~dpsnn.shadows.batch_schedule` over its training points:
+    each epoch a fresh shuffle, topped up to whole batches), so its training does not depend on
+    which models share its group; wire noise is drawn from one generator seeded by the group's
+    first model. Adam at ``settings.learning_rate``, ``settings.epochs`` epochs.
+    """
+    images, labels = pool
+    seeds = [_torch_seed(settings.seed, index) for index, _ in jobs]
+    models, orders = [], []
+    for seed, (_, split) in zip(seeds, jobs, strict=True):
+        torch.manual_seed(seed)
+        models.append(_new_model(settings, scenario, images, seed))
+        members = torch.zeros(len(labels), dtype=torch.bool)
+        members[split.train] = True
+        orders.append(batch_schedule(members[None], settings.batch_size, settings.epochs, seed))
+    schedule = torch.cat(orders, dim=2)  # (epochs, batches, S, B)
+    vals = [split.evaluation[: settings.val_size] for _, split in jobs]
+    best = _BestEpochs(copy.deepcopy(models[0]).to("meta"), images, labels, vals)
+    recipe = ShadowRecipe(epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate)
+    torch.manual_seed(seeds[0])
+    train_scheduled(models, images, labels, schedule, recipe, strategy, progress, on_epoch=best)
+    for model, state in zip(models, best.state, strict=True):
+        model.load_state_dict(state)
+        model.eval()
+    return list(zip(models, best.epoch, strict=True))
+
+
+def _new_model(settings: BuildSettings, scenario: Scenario, images: torch.Tensor, seed: int) -> SplitNN:
+    """An untrained model with the hyperparameters :func:`~dpsnn.training.train_classifier` records."""
+    return SplitNN(
+        architecture=settings.architecture,
+        defences=scenario.defences,
+        learning_rate=settings.learning_rate,
+        num_classes=dataset_info(settings.dataset).num_classes,
+        input_shape=tuple(images.shape[1:]),
+        dataset=settings.dataset,
+        seed=seed,
+        train_size=settings.len_training,
+    ).train()
 
 
 def build_task(
@@ -349,25 +503,42 @@ def build_task(
     system_dir: str | Path = SYSTEM_DATA_DIR,
     download: bool = True,
     progress: bool = True,
+    strategy: str = "auto",
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> BuildReport:
-    """Build (or finish) the task ``<output>/<dataset>``: ``models`` models of every scenario; see the module."""
+    """Build (or finish) the task ``<output>/<dataset>``: ``models`` models of every scenario; see the module.
+
+    ``strategy`` is how a stacked scenario's group of up to ``group_size`` models is trained
+    (:func:`~dpsnn.shadows.train_scheduled`: ``together``, ``one-by-one`` or ``auto``); both give
+    the same models up to float rounding, so it is not recorded.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown training strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if group_size < 1:
+        raise ConfigError(f"group_size must be positive, got {group_size}")
     plan = planned_models(models)
     images, labels = _load_pool(settings.dataset, Path(data_dir), Path(system_dir), download)
     settings = settings.resolved(len(labels))
     _check_scenarios(settings, scenarios, images)
     task = Path(output) / settings.dataset
     built: list[Path] = []
-    skipped: list[Path] = []
     with _locked(task):
         _write_manifest(task, _merged_manifest(task, settings, scenarios, models))
         jobs = [(s, phase, index, task / s.name / phase / f"model_{index}") for s in scenarios for phase, index in plan]
         skipped = [folder for *_, folder in jobs if folder.is_dir()]
         todo = [job for job in jobs if not job[3].is_dir()]
-        bar = tqdm(todo, desc=f"MICO build ({len(skipped)} done)", unit="model", disable=None if progress else True)
-        for scenario, phase, index, folder in bar:
-            bar.set_postfix_str(f"{scenario.name}/{phase}/model_{index}")
-            _build_model(folder, scenario, phase, index, settings, (images, labels))
-            built.append(folder)
+        bar = tqdm(
+            total=len(todo), desc=f"MICO build ({len(skipped)} done)", unit="model", disable=None if progress else True
+        )
+        for group in _groups(todo, group_size):
+            bar.set_postfix_str(
+                f"{group[0][0].name}/{group[0][1]}/model_{group[0][2]}"
+                + (f" +{len(group) - 1}" if len(group) > 1 else "")
+            )
+            _build_group(group, settings, (images, labels), strategy, progress and len(group) > 1)
+            built += [folder for *_, folder in group]
+            bar.update(len(group))
+        bar.close()
     return BuildReport(task, built, skipped)
 
 
