@@ -25,11 +25,14 @@ from dpsnn.attacks.base import AttackTraining
 from dpsnn.attacks.inversion import DecoderAttack
 from dpsnn.checkpoints import load_validator, save_checkpoint
 from dpsnn.data import Split, Splits
+from dpsnn.errors import ConfigError
 from dpsnn.loops import BestWeights, make_trainer
 from dpsnn.metrics import DCOR_BATCH_SIZE
 from dpsnn.models import DefenceLike, SplitNN, Validator, _Classifier
 
-__all__ = ["make_trainer", "obtain_validator", "train_attacker", "train_classifier", "train_validator"]
+KEEP = ("best", "last")  # which epoch's weights a trained classifier keeps
+
+__all__ = ["KEEP", "make_trainer", "obtain_validator", "train_attacker", "train_classifier", "train_validator"]
 
 
 def _fit_keeping_best(
@@ -42,19 +45,25 @@ def _fit_keeping_best(
     progress: bool,
     log_dir: str | Path | None,
     callbacks: list[L.Callback] | None = None,
+    keep: str = "best",
 ) -> int:
     """Fit ``module``, then load the weights of its best epoch by val accuracy; return that epoch.
 
     A callback with ``keeps_from_epoch`` (a pruning schedule) rules out the epochs before it.
+    ``keep="last"`` keeps the weights of the last epoch instead (and returns its number).
     """
+    if keep not in KEEP:
+        raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     first = max((getattr(callback, "keeps_from_epoch", 0) for callback in callbacks or []), default=0)
     best = BestWeights("val_acc", "max", from_epoch=min(first, max_epochs - 1))
     trainer = make_trainer(max_epochs, progress, log_dir, type(module).__name__.lower(), [best, *(callbacks or [])])
     module.use_train_loader(train.loader(batch_size, shuffle=True, seed=seed))
     # dCor is a batch statistic: validate at the size every script measures it at.
     trainer.fit(module, val_dataloaders=val.loader(DCOR_BATCH_SIZE))
-    module.load_state_dict(best.best_state)
     module.eval()
+    if keep == "last":
+        return max_epochs - 1
+    module.load_state_dict(best.best_state)
     return best.best_epoch
 
 
@@ -73,8 +82,11 @@ def train_classifier(
     defences: Iterable[DefenceLike] = (),
     client: nn.Module | None = None,
     server: nn.Module | None = None,
+    keep: str = "best",
 ) -> tuple[SplitNN, int]:
     """Train a :class:`SplitNN` on ``splits.train``; return it at its best val accuracy, and that epoch.
+
+    ``keep="last"`` returns it as the last epoch left it instead (MICO's recipe).
 
     ``architecture`` (or your own ``client`` and ``server``) and ``defences`` are as in
     :class:`SplitNN`; ``noise_scale`` and ``nopeek_weight`` are shorthand for the
@@ -102,7 +114,7 @@ def train_classifier(
     )
     callbacks = [callback for defence in model.defences for callback in defence.callbacks()]
     epoch = _fit_keeping_best(
-        model, splits.train, splits.val, batch_size, max_epochs, seed, progress, log_dir, callbacks
+        model, splits.train, splits.val, batch_size, max_epochs, seed, progress, log_dir, callbacks, keep
     )
     return model, epoch
 

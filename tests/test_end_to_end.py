@@ -22,7 +22,7 @@ from torch import nn
 from dpsnn.attacks import AttackTraining, DecoderAttack
 from dpsnn.checkpoints import load_attacker, load_classifier, save_checkpoint
 from dpsnn.data import make_splits
-from dpsnn.errors import CheckpointError
+from dpsnn.errors import CheckpointError, ConfigError
 from dpsnn.evaluation import evaluate_attack, evaluate_classifier
 from dpsnn.training import train_attacker, train_classifier
 
@@ -310,3 +310,15 @@ def test_users_own_split_trains_saves_reloads_and_is_attacked(tmp_path, cifar_ro
         for metric in ("mse", "psnr", "ssim", "dcor"):
             assert math.isfinite(row[f"{side}_{metric}"]), (side, metric)
     assert 0 <= row["attack_mse"] <= 1 and -1 <= row["attack_ssim"] <= 1 and 0 <= row["attack_dcor"] <= 1
+
+
+def test_keep_last_keeps_the_last_epoch_and_best_the_best(splits):
+    small = type(splits)(**{**splits.__dict__, "train": splits.train.subset(256), "val": splits.val.subset(256)})
+    common = {"architecture": "mlp", "max_epochs": 3, "seed": 2, "progress": False}
+    last, last_epoch = train_classifier(small, keep="last", **common)
+    best, best_epoch = train_classifier(small, **common)
+    assert last_epoch == 2 and 0 <= best_epoch <= 2
+    same = torch.equal(last.state_dict()["client.1.weight"], best.state_dict()["client.1.weight"])
+    assert same == (best_epoch == 2)  # the same run; only the kept epoch differs
+    with pytest.raises(ConfigError, match="keep must be one of best, last"):
+        train_classifier(small, keep="first", **common)
