@@ -73,9 +73,11 @@ from dpsnn.mico.build import (
 from dpsnn.mico.challenge import LEN_CHALLENGE
 from dpsnn.mico.folders import AVERAGE, ROW_COLUMNS, FolderScores, score_folders, score_rows, write_scores_txt
 from dpsnn.mico.layout import PHASES, PREDICTION_FILE, write_submission_zip
+from dpsnn.mico.measure import DEFAULT_ATTACKS, DEFAULT_PHASES, MEASURE_COLUMNS, measure_attacks
 from dpsnn.mico.scoring import RANKING_KEY, SCORE_KEYS
 from dpsnn.results import RESULTS_DIR, write_table
 from dpsnn.shadows import STRATEGIES
+from dpsnn.training import KEEP
 
 SCORES_CSV = "scores.csv"
 DEFAULT_ATTACK = "membership-threshold:signal=loss"
@@ -293,7 +295,13 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-size",
         type=positive_int,
         default=DEFAULT_VAL_SIZE,
-        help=f"evaluation points that pick each model's best epoch (default {DEFAULT_VAL_SIZE})",
+        help=f"evaluation points that pick each model's best epoch with --keep best (default {DEFAULT_VAL_SIZE})",
+    )
+    parser.add_argument(
+        "--keep",
+        choices=KEEP,
+        default="last",
+        help="each model's last epoch, as MICO's (default), or its best on the evaluation points",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="the seed every split derives from")
     parser.add_argument(
@@ -325,6 +333,7 @@ def build(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         val_size=args.val_size,
         seed=args.seed,
+        keep=args.keep,
     )
     scenarios = scenarios_for(args.dataset, args.epsilons, args.defence)
     report = build_task(
@@ -342,6 +351,76 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- measure
+
+
+def _measure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--challenge", type=Path, required=True, help="the task folder (e.g. mico/fashion-mnist)")
+    parser.add_argument(
+        "--attack",
+        type=checked(mico_attack),
+        action="append",
+        default=None,
+        metavar="NAME[:key=value,...]",
+        help="an attack to measure, repeatable (default: every attack on the models alone, and calibrated)",
+    )
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        action="append",
+        default=None,
+        help=f"a phase to score, repeatable (default: {' and '.join(DEFAULT_PHASES)})",
+    )
+    parser.add_argument(
+        "--solutions",
+        type=Path,
+        default=None,
+        help="the reference solutions of those phases (default: regenerated from a built task's build.json)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--system-dir", type=Path, default=SYSTEM_DATA_DIR, help=argparse.SUPPRESS)
+    parser.add_argument("--purchase100", type=Path, default=None, help="Purchase-100's dataset_purchase or its folder")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "mico")
+    parser.add_argument(
+        "--n-bootstrap", type=resamples, default=N_BOOTSTRAP, help=f"bootstrap resamples (default {N_BOOTSTRAP})"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the bootstrap's seed, and chance's")
+
+
+def print_measured(rows: Sequence[dict[str, Any]]) -> None:
+    """TPR at 10% FPR ± SE, attack by scenario, and each attack's average over the scenarios."""
+    scenarios = list(dict.fromkeys(row["scenario"] for row in rows))
+    attacks = list(dict.fromkeys(row["attack"] for row in rows))
+    cells = {(row["attack"], row["scenario"]): _cell(row[RANKING_KEY], row[RANKING_KEY + "_se"]) for row in rows}
+    width = max(17, *(len(name) for name in scenarios))
+    first = max(len(name) for name in attacks)
+    print(f"{RANKING_KEY} (TPR at 10% FPR) ± SE, {rows[0]['phases']}")
+    print(f"  {'':<{first}}" + "".join(f"  {name:>{width}}" for name in scenarios))
+    for attack in attacks:
+        print(f"  {attack:<{first}}" + "".join(f"  {cells.get((attack, s), '–'):>{width}}" for s in scenarios))
+
+
+def measure(args: argparse.Namespace) -> int:
+    task, targets = challenge_targets(args.challenge)
+    if is_built_task(task):
+        dataset = built_dataset(task, args.data_dir, args.system_dir)
+    else:
+        dataset = load_task_dataset(targets[0].scenario, args.data_dir, args.purchase100)
+    rows = measure_attacks(
+        task,
+        dataset,
+        DEFAULT_ATTACKS if args.attack is None else args.attack,
+        DEFAULT_PHASES if args.phase is None else args.phase,
+        args.solutions,
+        args.n_bootstrap,
+        args.seed,
+    )
+    print_measured(rows)
+    table = write_table(args.results_dir / f"{task.name}.csv", rows, list(MEASURE_COLUMNS))
+    print(f"wrote {table}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- commands
 
 #: command -> (its help, what adds its arguments, what runs it); a new command is one more entry.
@@ -350,6 +429,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "submit": ("zip the dev and final predictions of a task into a submission", _submit_arguments, submit),
     "attack": ("attack the models of a task, write their predictions, score train/", _attack_arguments, attack),
     "build": ("train a MICO task of one's own: K models per scenario, resumably", _build_arguments, build),
+    "measure": ("score every attack on a task's dev and final models: the results table", _measure_arguments, measure),
 }
 
 

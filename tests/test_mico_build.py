@@ -34,10 +34,11 @@ from dpsnn.mico.build import (
     scenarios_for,
     stackable,
     trainer_of,
+    write_reference_solutions,
 )
 from dpsnn.mico.build import _BestEpochs as BestEpochs
 from dpsnn.mico.challenge import challenge_split, draw_seeds
-from dpsnn.mico.layout import PHASE_MODELS, read_model_folder, read_predictions, write_prediction
+from dpsnn.mico.layout import PHASE_MODELS, read_model_folder, read_predictions, read_solution, write_prediction
 from dpsnn.mico.official import MicoDataset, rebuild_challenge
 from dpsnn.models import SplitNN
 from dpsnn.results import read_table
@@ -258,15 +259,8 @@ def test_attack_on_a_built_tree_checks_its_manifest_and_dataset(task, folders, t
 
 
 def build_settings(**changes) -> BuildSettings:
-    return BuildSettings(
-        dataset="mnist",
-        architecture="mlp",
-        epochs=2,
-        len_challenge=LEN_CHALLENGE,
-        batch_size=32,
-        val_size=30,
-        **changes,
-    )
+    fields = {"dataset": "mnist", "architecture": "mlp", "epochs": 2, "len_challenge": LEN_CHALLENGE}
+    return BuildSettings(**{**fields, "batch_size": 32, "val_size": 30, **changes})
 
 
 def weights(task: Path, scenario: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -348,3 +342,46 @@ def test_a_scenario_trained_by_another_trainer_is_refused(folders, task, tmp_pat
         build_task(tmp_path / "mico", settings, scenarios_for("mnist", [math.inf]), 4, **data)
     with pytest.raises(ConfigError, match="unknown training strategy 'fast'"):
         build_task(tmp_path / "mico", settings, scenarios_for("mnist", [math.inf]), 4, strategy="fast", **data)
+
+
+def test_keeping_the_best_epoch_gives_the_same_models_together_and_one_by_one(folders, tmp_path):
+    data = {"data_dir": folders / "data", "system_dir": folders / "system", "progress": False}
+    settings = build_settings(keep="best", epochs=3)
+    built = {}
+    for strategy in ("together", "one-by-one"):
+        build_task(tmp_path / strategy, settings, scenarios_for("mnist", [math.inf]), 4, strategy=strategy, **data)
+        built[strategy] = weights(tmp_path / strategy / "mnist", "mnist_inf")
+    for model, state in built["together"].items():
+        for name, tensor in state.items():
+            torch.testing.assert_close(tensor, built["one-by-one"][model][name], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="keep must be one of best, last"):
+        build_task(tmp_path / "bad", build_settings(keep="first"), scenarios_for("mnist", [math.inf]), 4, **data)
+
+
+def test_reference_solutions_are_regenerated_for_every_phase(task, tmp_path):
+    written = write_reference_solutions(task, tmp_path / "ref", POOL)
+    assert len(written) == len(SCENARIOS) * len(MODELS)
+    for scenario in SCENARIOS:
+        for phase, index in MODELS:
+            solution = read_solution(tmp_path / "ref" / "mnist" / scenario / phase / f"model_{index}")
+            assert torch.equal(solution, challenge_split(POOL, POOL // 2, draw_seeds(0, index), LEN_CHALLENGE).solution)
+            if phase == "train":  # the same as the one the train folder discloses
+                assert torch.equal(solution, read_solution(task / scenario / phase / f"model_{index}"))
+    with pytest.raises(ConfigError, match="another tree"):
+        write_reference_solutions(task, task.parent, POOL)
+
+
+def test_measure_scores_every_attack_on_dev_and_final(main, task, folders, tmp_path, capsys):
+    before = mtimes(task)
+    places = ["--data-dir", str(folders / "data"), "--system-dir", str(folders / "system")]
+    attacks = ["--attack", "chance", "--attack", "calibrated:mode=offline"]
+    argv = ["measure", "--challenge", str(task), *attacks, *places, "--results-dir", str(tmp_path)]
+    assert main([*argv, "--n-bootstrap", "5"]) == 0
+    assert "TPR_FPR_1000" in capsys.readouterr().out
+    _, rows = read_table(tmp_path / "mnist.csv")
+    assert [(row["attack"], row["scenario"]) for row in rows] == [
+        (attack, scenario) for attack in ("chance", "calibrated(mode=offline)") for scenario in (*SCENARIOS, "average")
+    ]
+    assert all(row["phases"] == "dev final" and int(row["points"]) > 0 for row in rows)
+    assert int(rows[0]["points"]) == 2 * 2 * LEN_CHALLENGE  # one dev and one final model
+    assert not any(task.rglob("prediction.csv")) and mtimes(task) == before

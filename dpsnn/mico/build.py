@@ -23,9 +23,11 @@ member of about half the models, as LiRA's shadows want, and ``N/2 − m`` point
 
 **Training.** Each model is a :class:`~dpsnn.models.SplitNN` of ``architecture`` trained for ``epochs``
 epochs (Adam, ``learning_rate``, ``batch_size``) on ``split.train`` with the scenario's defences, and kept
-at its best epoch by accuracy on the first ``val_size`` points of ``split.evaluation`` (never challenge
-points). Its torch seed is derived apart from the split's seeds, so a ``dev`` or ``final`` checkpoint
-discloses nothing of its split. Two trainers, recorded per scenario in ``build.json``:
+as its last epoch left it, as MICO's models were (``keep="last"``), or with ``keep="best"`` at its best
+epoch by accuracy on the first ``val_size`` points of ``split.evaluation`` (never challenge points;
+early stopping of this kind is itself a mild defence against membership inference). Its torch seed is
+derived apart from the split's seeds, so a ``dev`` or ``final`` checkpoint discloses nothing of its
+split. Two trainers, recorded per scenario in ``build.json``:
 
 - ``stacked`` (a scenario whose defences act only through the wire and the loss: none, noise, NoPeek):
   up to ``group_size`` models at once by :func:`~dpsnn.shadows.train_scheduled`, ``together`` (one
@@ -87,11 +89,19 @@ from dpsnn.defences import Defence, canonical, check, defence_from
 from dpsnn.errors import ConfigError, DataError
 from dpsnn.files import atomic_path, release_lock, try_lock
 from dpsnn.mico.challenge import LEN_CHALLENGE, ChallengeSeeds, challenge_split, draw_seeds
-from dpsnn.mico.layout import PHASE_MODELS, PHASES, model_index, model_weights_path, write_model_folder
+from dpsnn.mico.layout import (
+    PHASE_MODELS,
+    PHASES,
+    model_folder,
+    model_index,
+    model_weights_path,
+    write_model_folder,
+    write_solution,
+)
 from dpsnn.mico.official import MicoDataset
 from dpsnn.models import SplitNN
 from dpsnn.shadows import STRATEGIES, ShadowRecipe, batch_schedule, train_scheduled
-from dpsnn.training import train_classifier
+from dpsnn.training import KEEP, train_classifier
 
 __all__ = [
     "BUILD_FORMAT",
@@ -117,6 +127,7 @@ __all__ = [
     "scenarios_for",
     "stackable",
     "trainer_of",
+    "write_reference_solutions",
 ]
 
 BUILD_FORMAT = 1
@@ -146,6 +157,7 @@ class BuildSettings:
     learning_rate: float = 1e-3
     val_size: int = DEFAULT_VAL_SIZE
     seed: int = 0
+    keep: str = "last"  # MICO's recipe: the model as its last epoch left it; "best": its best epoch on validation
 
     def resolved(self, pool_size: int) -> BuildSettings:
         """These settings with ``len_training`` set and the architecture canonical, checked against the pool."""
@@ -155,6 +167,8 @@ class BuildSettings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if self.keep not in KEEP:
+            raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         n = pool_size // 2 if self.len_training is None else self.len_training
         spare = pool_size - n - self.len_challenge
         if n < self.len_challenge or spare < 1:
@@ -359,6 +373,7 @@ def _train_model(
         progress=False,
         architecture=settings.architecture,
         defences=scenario.defences,
+        keep=settings.keep,
     )
 
 
@@ -451,7 +466,7 @@ def _train_stacked(
     strategy: str,
     progress: bool,
 ) -> list[tuple[SplitNN, int]]:
-    """Train the models ``jobs`` (``(index, split)``) of a stackable scenario at once; each at its best epoch.
+    """Train the models ``jobs`` (``(index, split)``) of a stackable scenario at once; each at its kept epoch.
 
     Model ``k`` starts from weights drawn under its own torch seed and takes its mini-batches in
     an order drawn from that seed (:func:`~dpsnn.shadows.batch_schedule` over its training points:
@@ -473,7 +488,11 @@ def _train_stacked(
     best = _BestEpochs(copy.deepcopy(models[0]).to("meta"), images, labels, vals)
     recipe = ShadowRecipe(epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate)
     torch.manual_seed(seeds[0])
-    train_scheduled(models, images, labels, schedule, recipe, strategy, progress, on_epoch=best)
+    on_epoch = best if settings.keep == "best" else None
+    _, params, buffers = train_scheduled(models, images, labels, schedule, recipe, strategy, progress, on_epoch)
+    if settings.keep == "last":
+        best.state = [{name: t[j] for name, t in {**params, **buffers}.items()} for j in range(len(models))]
+        best.epoch = [settings.epochs - 1] * len(models)
     for model, state in zip(models, best.state, strict=True):
         model.load_state_dict(state)
         model.eval()
@@ -568,3 +587,32 @@ def built_dataset(
     dataset = read_manifest(task)["settings"]["dataset"]
     images, labels = _load_pool(dataset, Path(data_dir), Path(system_dir), download)
     return MicoDataset(task=dataset, inputs=images, labels=labels)
+
+
+def write_reference_solutions(task: str | Path, output: str | Path, pool_size: int) -> list[Path]:
+    """Write every built model's ``solution.csv``, ``dev`` and ``final`` too, into a tree of the task's layout.
+
+    The organisers' reference data: ``<output>/<dataset>/<scenario>/<phase>/model_k/solution.csv``,
+    regenerated from ``build.json``'s seed, for the model folders that exist. Score any phase against
+    it (``mico.py score --solutions <output> --phase dev --phase final``). ``pool_size`` is the
+    number of points the splits index (``len(built_dataset(task))``). Returns the files written.
+    """
+    task = Path(task)
+    settings = read_manifest(task)["settings"]
+    reference = Path(output) / settings["dataset"]
+    if reference.resolve() == task.resolve():
+        raise ConfigError(f"{output}: the reference solutions go into another tree than the task's")
+    written = []
+    for scenario in sorted(read_manifest(task)["scenarios"]):
+        for phase in PHASES:
+            for folder in sorted((task / scenario / phase).glob("model_*")):
+                if not model_weights_path(folder).is_file():
+                    continue
+                index = model_index(folder)
+                seeds = draw_seeds(settings["seed"], index)
+                split = challenge_split(pool_size, settings["len_training"], seeds, settings["len_challenge"])
+                target = model_folder(reference / scenario, phase, index)
+                target.mkdir(parents=True, exist_ok=True)
+                write_solution(target, split.solution)
+                written.append(target / "solution.csv")
+    return written
