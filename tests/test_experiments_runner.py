@@ -144,6 +144,23 @@ def test_killed_half_way_the_script_loses_nothing_and_duplicates_nothing(tmp_pat
     assert (results / RUNS_FILE).read_bytes() == runs_before
 
 
+def error_in_process(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> tuple[int, str]:
+    """run_experiments.py's ``main`` in this process, as the script runs it; its exit status and stderr."""
+    import runpy
+
+    from dpsnn.cli import run
+
+    main = runpy.run_path(str(REPO / "scripts" / "run_experiments.py"))["main"]
+    monkeypatch.setattr(sys, "argv", ["run_experiments.py"])
+    monkeypatch.setenv("DPSNN_OFFLINE", "1")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run(main, args)
+    return exited.value.code, capsys.readouterr().err
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     process = script(*args, cwd=cwd)
     out, err = process.communicate(timeout=300)
@@ -159,22 +176,24 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["noise", "--train-size", "-5"], "--train-size: must be a positive integer"),
     ],
 )
-def test_bad_input_is_one_line(tmp_path, args, message):
-    result = run_cli(*args, "--results-dir", str(tmp_path / "r"), cwd=tmp_path)
-    assert result.returncode != 0
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.stderr
+def test_bad_input_is_one_line(tmp_path, args, message, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = error_in_process([*args, "--results-dir", str(tmp_path / "r")], monkeypatch, capsys)
+    assert code != 0
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
     assert not (tmp_path / "r" / RUNS_FILE).exists()
 
 
-def test_a_results_table_of_another_schema_is_one_line_and_left_alone(tmp_path):
+def test_a_results_table_of_another_schema_is_one_line_and_left_alone(tmp_path, monkeypatch, capsys):
     results = tmp_path / "r"
     results.mkdir()
     (results / RUNS_FILE).write_text("schema_version,key,status\n0,x,ok\n")
     before = (results / RUNS_FILE).read_bytes()
-    result = run_cli("plain", "--quick", "--results-dir", str(results), cwd=tmp_path)
-    assert result.returncode == 1 and "another version of the results schema" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    monkeypatch.chdir(tmp_path)
+    code, err = error_in_process(["plain", "--quick", "--results-dir", str(results)], monkeypatch, capsys)
+    assert code == 1 and "another version of the results schema" in err
+    assert len(err.strip().splitlines()) == 1
     assert (results / RUNS_FILE).read_bytes() == before
 
 
