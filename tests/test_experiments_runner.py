@@ -161,12 +161,6 @@ def error_in_process(
     return exited.value.code, capsys.readouterr().err
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    process = script(*args, cwd=cwd)
-    out, err = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
