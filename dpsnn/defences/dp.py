@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -120,6 +121,7 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
     return float(counter.get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its arguments; models trained alike ask for the same σ
 def noise_for_epsilon(
     epsilon: float,
     delta: float,
