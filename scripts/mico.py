@@ -390,8 +390,8 @@ def _measure_arguments(parser: argparse.ArgumentParser) -> None:
 def print_measured(rows: Sequence[dict[str, Any]]) -> None:
     """TPR at 10% FPR ± SE, attack by scenario, and each attack's average over the scenarios."""
     scenarios = list(dict.fromkeys(row["scenario"] for row in rows))
-    attacks = list(dict.fromkeys(row["attack"] for row in rows))
-    cells = {(row["attack"], row["scenario"]): _cell(row[RANKING_KEY], row[RANKING_KEY + "_se"]) for row in rows}
+    attacks = list(dict.fromkeys(row["label"] for row in rows))
+    cells = {(row["label"], row["scenario"]): _cell(row[RANKING_KEY], row[RANKING_KEY + "_se"]) for row in rows}
     width = max(17, *(len(name) for name in scenarios))
     first = max(len(name) for name in attacks)
     print(f"{RANKING_KEY} (TPR at 10% FPR) ± SE, {rows[0]['phases']}")

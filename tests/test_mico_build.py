@@ -384,6 +384,7 @@ def test_measure_scores_every_attack_on_dev_and_final(main, task, folders, tmp_p
         (attack, scenario) for attack in ("chance", "calibrated(mode=offline)") for scenario in (*SCENARIOS, "average")
     ]
     assert all(row["phases"] == "dev final" and int(row["points"]) > 0 for row in rows)
+    assert {row["label"] for row in rows} == {"chance", "calibrated (offline)"}
     assert int(rows[0]["points"]) == 2 * 2 * LEN_CHALLENGE  # one dev and one final model
     assert not any(task.rglob("prediction.csv")) and mtimes(task) == before
 

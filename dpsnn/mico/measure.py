@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from dpsnn.errors import ConfigError
 from dpsnn.metrics import N_BOOTSTRAP
-from dpsnn.mico.attack import MicoAttack, attack_challenge, mico_attack
+from dpsnn.mico.attack import Calibrated, MicoAttack, attack_challenge, mico_attack
 from dpsnn.mico.build import is_built_task, write_reference_solutions
 from dpsnn.mico.folders import ROW_COLUMNS, FolderScores, score_folders, score_rows
 from dpsnn.mico.official import MicoDataset
 
-__all__ = ["DEFAULT_ATTACKS", "DEFAULT_PHASES", "MEASURE_COLUMNS", "measure_attacks"]
+__all__ = ["DEFAULT_ATTACKS", "DEFAULT_PHASES", "MEASURE_COLUMNS", "attack_label", "measure_attacks"]
 
 #: Every attack on a model alone, and the winners' calibration: a row each.
 DEFAULT_ATTACKS = (
@@ -52,7 +52,7 @@ DEFAULT_ATTACKS = (
     "calibrated:mode=online",
 )
 DEFAULT_PHASES = ("dev", "final")
-MEASURE_COLUMNS = ("attack", *ROW_COLUMNS)
+MEASURE_COLUMNS = ("attack", "label", *ROW_COLUMNS)
 
 
 def measure_attacks(
@@ -86,8 +86,17 @@ def measure_attacks(
             predictions = Path(work) / "predictions" / _folder_name(attack.spec())
             attack_challenge(task, dataset, attack, phases=phases, output=predictions, seed=seed, progress=False)
             result: FolderScores = score_folders(solutions, predictions, phases, n_bootstrap=n_bootstrap, seed=seed)
-            rows += [{"attack": attack.spec(), **row} for row in score_rows(result)]
+            rows += [{"attack": attack.spec(), "label": attack_label(attack), **row} for row in score_rows(result)]
     return rows
+
+
+def attack_label(attack: MicoAttack) -> str:
+    """A short name for tables: ``threshold (loss)``, ``calibrated (online)``, ``chance``."""
+    if isinstance(attack, Calibrated):
+        return f"calibrated ({attack.mode})"
+    if attack.name == "membership-threshold":
+        return f"threshold ({attack.params()['signal']})"
+    return attack.name
 
 
 def _folder_name(spec: str) -> str:
