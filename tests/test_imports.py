@@ -38,8 +38,11 @@ PURE_MODULES = (
     "dpsnn.experiments.store",
     "dpsnn.experiments.summary",
     "dpsnn.experiments.report",
+    # MICO's official models: the SST-2 path imports transformers (an optional extra) only when used
+    "dpsnn.mico.official",
 )
 LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
+OPTIONAL = ("transformers",)  # an optional extra's package, imported where it is used
 TRAINING_CODE = ("dpsnn.models", "dpsnn.training", "dpsnn.loops")
 
 PURE_SCRIPT = """
@@ -159,7 +162,9 @@ def result_of(process: subprocess.Popen) -> dict:
 @pytest.fixture(scope="module")
 def interpreters() -> dict[str, dict]:
     """Both fresh interpreters, run side by side: the Lightning-free imports, and the process-wide settings."""
-    pure = start_python(PURE_SCRIPT.format(forbidden=[*LIGHTNING, *TRAINING_CODE], modules=list(PURE_MODULES)))
+    pure = start_python(
+        PURE_SCRIPT.format(forbidden=[*LIGHTNING, *TRAINING_CODE, *OPTIONAL], modules=list(PURE_MODULES))
+    )
     # A backend other than matplotlib's headless default, so that a switch to Agg is seen.
     settings = start_python(SETTINGS_SCRIPT.format(package=str(REPO / "dpsnn")), env={"MPLBACKEND": "svg"})
     try:

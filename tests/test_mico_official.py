@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +375,13 @@ def test_official_sizes_are_the_default_and_need_the_whole_dataset(tmp_path, tin
     assert torch.equal(challenge.inputs[:, 0], split.challenge)
     with pytest.raises(ConfigError, match="drawn from all 197324 points, this dataset has 300"):
         rebuild_challenge(folder, tiny_purchase)
+
+
+def test_sst2_without_transformers_is_one_error_naming_the_extra(tmp_path, monkeypatch):
+    folder = tmp_path / "sst2_hi" / "train" / "model_0"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "roberta", "num_labels": 2}')
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'dpsnn\[sst2\]'"):
+        load_official_model(folder, "sst2_hi")

@@ -58,11 +58,12 @@ def test_every_package_the_library_imports_is_a_declared_dependency():
                 imported.add(node.module.split(".")[0])
     third_party = sorted(name for name in imported if name not in sys.stdlib_module_names and name != "dpsnn")
     assert {"torch", "torchvision", "lightning"} <= set(third_party)
-    declared = {
-        Requirement(text).name.lower()
-        for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    }
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = [text for name, extra in project["optional-dependencies"].items() if name != "dev" for text in extra]
+    declared = {Requirement(text).name.lower() for text in [*project["dependencies"], *extras]}
     distributions = packages_distributions()
     for name in third_party:
         providers = {distribution.lower() for distribution in distributions.get(name, [name])}
-        assert providers & declared, f"dpsnn imports {name}, which no runtime dependency in pyproject.toml provides"
+        assert providers & declared, (
+            f"dpsnn imports {name}, which no runtime dependency or extra in pyproject.toml provides"
+        )

@@ -1,4 +1,4 @@
-"""MICO's published models and datasets: the CIFAR-10 CNN, the Purchase-100 MLP and the data they were trained on.
+"""MICO's published models and datasets: the CIFAR-10 CNN, the Purchase-100 MLP, the SST-2 RoBERTa, and data.
 
 MICO trained 200 models per scenario with ``training/train_cifar10.py`` and
 ``training/train_purchase100.py`` of ``microsoft/MICO``; its package (``src/mico-competition``) defines the
@@ -36,8 +36,21 @@ here without that code:
   scripts' shell wrappers and the starting kit), ``len_challenge`` 100. :func:`rebuild_challenge` draws a
   model folder's split with :mod:`dpsnn.mico.challenge` from the seeds the folder discloses.
 
-SST-2 (RoBERTa-base fine-tunes stored as ``pytorch_model.bin`` and ``config.json``) needs Hugging Face
-``transformers``, which dpsnn does not install: asking for it is a :class:`~dpsnn.errors.ConfigError`.
+- **the SST-2 models**: ``training/train_sst2.py`` fine-tunes ``roberta-base`` with two labels
+  (``AutoModelForSequenceClassification``, with dp-transformers and Opacus 0.15, which hooks the model
+  without wrapping it) and saves it with the Trainer's ``save_model``: each model folder holds
+  ``config.json`` and ``pytorch_model.bin``, the ``RobertaForSequenceClassification`` state dict (keys
+  ``roberta.…`` and ``classifier.…``; files of transformers before 4.31 also keep the
+  ``roberta.embeddings.position_ids`` buffer). MICO's ``load_model`` calls ``from_pretrained`` on the
+  folder. :func:`load_official_model` needs Hugging Face ``transformers`` (the optional extra
+  ``pip install 'dpsnn[sst2]'``; without it, a :class:`~dpsnn.errors.ConfigError` says so), imported only
+  then: it parses ``config.json`` as JSON into a ``RobertaConfig`` (a ``roberta`` model with 2 labels),
+  builds ``RobertaForSequenceClassification`` from it with no download and no code from the folder,
+  reads ``pytorch_model.bin`` weights-only (or ``model.safetensors``, which newer transformers write) and
+  checks the keys as for the other tasks. The model takes the token ids of MICO's scoring
+  (``roberta-base``'s tokenizer, padded to 67 tokens) and returns an output whose ``logits`` are
+  ``(B, 2)``. MICO's SST-2 dataset (GLUE SST-2's training then validation sentences, 68,221, fetched
+  with Hugging Face ``datasets``) is not built here.
 
 Example::
 
@@ -55,6 +68,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import warnings
@@ -81,6 +95,9 @@ __all__ = [
     "PURCHASE100_CLASSES",
     "PURCHASE100_FEATURES",
     "PURCHASE100_FILE",
+    "SST2_CONFIG_FILE",
+    "SST2_LABELS",
+    "SST2_WEIGHTS_FILES",
     "TASKS",
     "MicoCifar10CNN",
     "MicoDataset",
@@ -113,9 +130,17 @@ MAX_PURCHASE100_BYTES = 1 << 30  # the real file is about 240 MB
 OPACUS_PREFIX = "_module."  # what Opacus's GradSampleModule puts before every key of the wrapped model
 _TASK_NAME = re.compile(r"(cifar10|purchase100|sst2)(?:_[a-z0-9]+)?")
 _FILE_SLACK_BYTES = 1 << 20  # room for the zip archive's names and headers around the tensors
-_SST2_UNSUPPORTED = (
-    "MICO's SST-2 models are RoBERTa-base fine-tunes (pytorch_model.bin and config.json); loading them needs "
-    "Hugging Face transformers, an optional extra that dpsnn does not install, so dpsnn cannot load them"
+#: The files of an SST-2 model folder: MICO's (transformers' ``save_pretrained`` before version 5) and newer.
+SST2_CONFIG_FILE = "config.json"
+SST2_WEIGHTS_FILES = ("pytorch_model.bin", "model.safetensors")
+SST2_LABELS = 2
+_MAX_CONFIG_BYTES = 1 << 20  # a config.json takes about 1 KB
+#: A buffer that transformers saved until 4.31 (the position indices ``0 … max_position_embeddings - 1``).
+_SST2_POSITION_IDS = "roberta.embeddings.position_ids"
+_SST2_EXTRA = "pip install 'dpsnn[sst2]'"
+_SST2_NEEDS_A_FOLDER = (
+    "MICO's SST-2 models are Hugging Face transformers RoBERTa classifiers whose architecture each model "
+    "folder's config.json sets: load one with load_official_model(folder, 'sst2')"
 )
 
 
@@ -179,13 +204,17 @@ def task_of(scenario_or_task: str) -> str:
 
 
 def official_architecture(scenario_or_task: str) -> nn.Module:
-    """A freshly initialised model of the architecture MICO trained for this task or scenario."""
+    """A freshly initialised model of the architecture MICO trained for this task or scenario.
+
+    CIFAR-10 and Purchase-100 only: an SST-2 model's architecture is its folder's ``config.json``, so
+    asking for ``sst2`` is a :class:`~dpsnn.errors.ConfigError` pointing to :func:`load_official_model`.
+    """
     task = task_of(scenario_or_task)
     if task == "cifar10":
         return mico_cifar10_cnn()
     if task == "purchase100":
         return mico_purchase100_mlp()
-    raise ConfigError(_SST2_UNSUPPORTED)
+    raise ConfigError(_SST2_NEEDS_A_FOLDER)
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -252,14 +281,18 @@ def _check_state(state: dict[str, Tensor], expected: dict[str, Tensor], path: Pa
 def load_official_model(path: str | Path, scenario_or_task: str) -> nn.Module:
     """Load a published MICO model: ``path`` is its ``model.pt`` or its model folder; returned in eval mode.
 
-    ``scenario_or_task`` names the architecture (``cifar10``, ``purchase100`` or a scenario of theirs such
-    as ``cifar10_lo``). The file is read weights-only onto the CPU, a leading ``_module.`` is removed from
-    every key, and the keys, shapes and dtypes must be exactly the architecture's: anything else is a
-    :class:`~dpsnn.errors.CheckpointError` naming the file and the first difference.
+    ``scenario_or_task`` names the architecture (``cifar10``, ``purchase100``, ``sst2`` or a scenario of
+    theirs such as ``cifar10_lo``). The file is read weights-only onto the CPU, a leading ``_module.`` is
+    removed from every key, and the keys, shapes and dtypes must be exactly the architecture's: anything
+    else is a :class:`~dpsnn.errors.CheckpointError` naming the file and the first difference.
+
+    SST-2 needs the model folder (``config.json`` and ``pytorch_model.bin``) and Hugging Face
+    ``transformers`` (``pip install 'dpsnn[sst2]'``): the result is a ``RobertaForSequenceClassification``
+    built from ``config.json``, called with ``input_ids`` and ``attention_mask``; see the module docstring.
     """
     task = task_of(scenario_or_task)
     if task == "sst2":
-        raise ConfigError(_SST2_UNSUPPORTED)
+        return _load_sst2_model(Path(path))
     path = Path(path)
     if path.is_dir():
         path = model_weights_path(path)
@@ -268,6 +301,99 @@ def load_official_model(path: str | Path, scenario_or_task: str) -> nn.Module:
     weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in expected.values())
     state = _strip_prefix(_read_payload(path, 2 * weight_bytes + _FILE_SLACK_BYTES), path)
     _check_state(state, expected, path, task)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _import_transformers():
+    """``transformers``, imported only when an SST-2 model is loaded (it takes seconds and is optional)."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ConfigError(
+            f"MICO's SST-2 models need Hugging Face transformers, which is not installed ({error}); "
+            f"install the optional extra: {_SST2_EXTRA}"
+        ) from None
+    return transformers
+
+
+def _read_sst2_config(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no model configuration there; not a MICO sst2 model folder")
+    size = path.stat().st_size
+    if size > _MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, more than the {_MAX_CONFIG_BYTES} a model configuration takes")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a JSON model configuration ({error})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(config).__name__}, not a model configuration")
+    if config.get("model_type") != "roberta":
+        raise CheckpointError(f"{path}: model_type is {config.get('model_type')!r}, MICO's sst2 models are 'roberta'")
+    return config
+
+
+def _sst2_weights_path(folder: Path) -> Path:
+    present = [folder / name for name in SST2_WEIGHTS_FILES if (folder / name).is_file()]
+    if not present:
+        raise CheckpointError(f"{folder}: no model file there (looked for {' and '.join(SST2_WEIGHTS_FILES)})")
+    if len(present) > 1:
+        raise CheckpointError(f"{folder}: holds both {' and '.join(SST2_WEIGHTS_FILES)}; keep the one to load")
+    return present[0]
+
+
+def _read_safetensors(path: Path, limit: int) -> dict[str, Tensor]:
+    size = path.stat().st_size
+    if size > limit:
+        raise CheckpointError(f"{path}: {size} bytes, more than the {limit} this architecture's weights can take")
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as error:  # safetensors holds tensors only: a failure means a damaged file
+        detail = " ".join(str(error).split())[:120]
+        raise CheckpointError(f"{path}: damaged or not a safetensors file ({type(error).__name__}: {detail})") from None
+
+
+def _load_sst2_model(folder: Path) -> nn.Module:
+    transformers = _import_transformers()
+    if folder.is_file() and folder.name in SST2_WEIGHTS_FILES:
+        folder = folder.parent  # the weights name their folder, as model.pt does for the other tasks
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder; {_SST2_NEEDS_A_FOLDER}")
+    config_path = folder / SST2_CONFIG_FILE
+    settings = _read_sst2_config(config_path)
+    try:
+        config = transformers.RobertaConfig.from_dict(settings)
+    except Exception as error:  # a value of the wrong type or range
+        detail = " ".join(str(error).split())[:160]
+        raise CheckpointError(
+            f"{config_path}: not a RoBERTa configuration ({type(error).__name__}: {detail})"
+        ) from None
+    if config.num_labels != SST2_LABELS:
+        raise CheckpointError(
+            f"{config_path}: {config.num_labels} labels, MICO's sst2 models classify into {SST2_LABELS}"
+        )
+    try:
+        model = transformers.RobertaForSequenceClassification(config)
+    except Exception as error:  # e.g. a hidden size that the number of attention heads does not divide
+        detail = " ".join(str(error).split())[:160]
+        raise CheckpointError(f"{config_path}: cannot build its model ({type(error).__name__}: {detail})") from None
+    expected = model.state_dict()
+    weight_bytes = sum(tensor.numel() * tensor.element_size() for tensor in expected.values())
+    limit = 2 * weight_bytes + _FILE_SLACK_BYTES
+    path = _sst2_weights_path(folder)
+    payload = _read_safetensors(path, limit) if path.suffix == ".safetensors" else _read_payload(path, limit)
+    state = _strip_prefix(payload, path)
+    positions = state.pop(_SST2_POSITION_IDS, None)
+    if positions is not None and _SST2_POSITION_IDS not in expected:
+        wanted = torch.arange(config.max_position_embeddings).expand(1, -1)
+        if positions.shape != wanted.shape or not torch.equal(positions.long(), wanted):
+            raise CheckpointError(f"{path}: {_SST2_POSITION_IDS} is not 0 … {config.max_position_embeddings - 1}")
+    elif positions is not None:
+        state[_SST2_POSITION_IDS] = positions
+    _check_state(state, expected, path, "sst2")
     model.load_state_dict(state, strict=True)
     return model.eval()
 
