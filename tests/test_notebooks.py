@@ -1,5 +1,6 @@
 """Every analysis notebook runs top to bottom on a small results folder made by the runner."""
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,7 +11,9 @@ from nbclient import NotebookClient
 from test_data import fake_mnist, write_mnist
 
 from dpsnn.experiments.suites import SUITES
-from dpsnn.results import append_rows
+from dpsnn.mico.build import BuildSettings, build_task, built_dataset, scenarios_for
+from dpsnn.mico.measure import MEASURE_COLUMNS, measure_attacks
+from dpsnn.results import append_rows, write_table
 from dpsnn.unlearnable.poisons import make_unlearnable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +54,39 @@ def small_unlearnable(tmp_path_factory):
     return {"DPSNN_UNLEARNABLE": str(results), "DPSNN_DATA": str(data)}
 
 
+@pytest.fixture(scope="module")
+def small_mico(tmp_path_factory):
+    """A tiny MICO task on a fake MNIST (no defence and Laplace noise, 4 models each) built and measured for real."""
+    root = tmp_path_factory.mktemp("mico")
+    data, system, results = root / "data", root / "system", root / "results"
+    system.mkdir()
+    write_mnist(data, fake_mnist(train_count=400, test_count=20))
+    settings = BuildSettings(
+        dataset="mnist", architecture="mlp:64", epochs=2, len_training=100, len_challenge=20, batch_size=50, val_size=30
+    )
+    scenarios = scenarios_for("mnist", [math.inf], ["laplace:scale=0.5"])
+    attacks = ["chance", "membership-threshold:signal=loss", "calibrated:mode=offline"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DPSNN_OFFLINE", "1")
+        task = build_task(root / "mico", settings, scenarios, 4, data, system, download=False, progress=False).task
+        dataset = built_dataset(task, data, system, download=False)
+        rows = measure_attacks(task, dataset, attacks, n_bootstrap=20, progress=False)
+    write_table(results / "mnist.csv", rows, list(MEASURE_COLUMNS))
+    return {"DPSNN_MICO": str(results)}
+
+
 def test_there_is_one_notebook_per_question():
     names = [path.stem for path in NOTEBOOKS]
     topics = ("data_volume", "nopeek", "laplacian_noise", "post_training_noise", "noise_with_nopeek", "shift")
-    questions = ("dp_sgd", "dp_schedules", "suppress", "inversion_attacks", "membership_inference", "unlearnable")
+    questions = (
+        "dp_sgd",
+        "dp_schedules",
+        "suppress",
+        "inversion_attacks",
+        "membership_inference",
+        "unlearnable",
+        "mico",
+    )
     for topic in (*topics, *questions):
         assert any(topic in name for name in names), f"no notebook about {topic}"
 
@@ -68,13 +100,13 @@ def execute(path: Path, folder: Path) -> tuple[Path, nbformat.NotebookNode]:
 
 
 @pytest.fixture(scope="module")
-def executed(small_results, small_unlearnable, tmp_path_factory):
+def executed(small_results, small_unlearnable, small_mico, tmp_path_factory):
     """Every notebook run top to bottom on the small results, two kernels at a time (each is a process of its own).
 
     The kernels inherit the environment, so the variables pointing them at the small results are set for
     the whole fixture; each notebook writes its figures into a folder of its own (DPSNN_FIGURES is relative).
     """
-    settings = {"DPSNN_RESULTS": str(small_results), "DPSNN_FIGURES": "figures", **small_unlearnable}
+    settings = {"DPSNN_RESULTS": str(small_results), "DPSNN_FIGURES": "figures", **small_unlearnable, **small_mico}
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
