@@ -133,7 +133,24 @@ def test_calibrated_uses_the_train_models_as_shadows(main, tree, capsys):
         assert len(read_predictions(folder, count=2 * LEN_CHALLENGE)) == 2 * LEN_CHALLENGE
 
 
-@pytest.mark.parametrize("name", ["membership-threshold:signal=entropy", "calibrated:mode=offline"])
+def test_an_attack_model_learns_from_the_train_models(main, tree, capsys):
+    """MindArmour's attack models on [loss, logits], fitted on the train models' points (each train model left out).
+
+    Logistic regression here: the forest's grid search takes a minute on this tree, and every model shares the code.
+    """
+    model = "logistic"
+    assert main(attacking(tree, "--attack", f"classifier:model={model}")) == 0
+    row = average(tree)
+    print(model, "AUC", row["AUC"], "TPR_FPR_1000", row["TPR_FPR_1000"])
+    assert float(row["AUC"]) > 0.7
+    for folder in model_folders(tree):
+        scores = read_predictions(folder, count=2 * LEN_CHALLENGE)
+        assert bool(((scores >= 0) & (scores <= 1)).all())
+
+
+@pytest.mark.parametrize(
+    "name", ["membership-threshold:signal=entropy", "calibrated:mode=offline", "classifier:model=knn"]
+)
 def test_dev_only_writes_dev_and_does_not_score(name, main, tree, capsys):
     assert main(attacking(tree, "--attack", name, "--phase", "dev", "--scenario", "purchase100_lo")) == 0
     written = sorted((tree / "purchase100").glob("*/*/model_*/prediction.csv"))
@@ -161,6 +178,8 @@ def test_the_score_map_is_one_increasing_function_into_the_unit_interval():
         ("lira", "trains shadow models on auxiliary data"),
         ("decoder", "is not a membership attack"),
         ("calibrated:mode=sideways", "mode must be one of online, offline"),
+        ("classifier:model=svm", "model must be one of"),
+        ("classifier:depth=3", "has no parameter 'depth'"),
     ],
 )
 def test_attacks_that_cannot_run_on_mico_are_refused(text, says):

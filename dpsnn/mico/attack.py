@@ -8,13 +8,19 @@ to those it was built with.
 For each model folder of each scenario (``<task>/<scenario>/{train,dev,final}/model_k``) the model is
 loaded with :func:`~dpsnn.mico.official.load_official_model`, its challenge points are rebuilt from its
 seeds with :func:`~dpsnn.mico.official.rebuild_challenge`, the attack scores them, and the scores are
-written as ``prediction.csv`` in challenge order. Two kinds of attack are accepted:
+written as ``prediction.csv`` in challenge order. Three kinds of attack are accepted:
 
 - **a registered membership attack that works on the model alone**: ``membership-threshold`` with
   ``shadow_models=0`` (any ``signal``: ``loss``, ``confidence``, ``entropy``, ``modified-entropy``) and
   ``chance``. Attacks that train shadow models on auxiliary data of their own (shadow-calibrated
   thresholds, ``membership-classifier``, ``lira``) are refused: MICO gives no such data, and its own
-  shadows are the ``train`` models, which ``calibrated`` uses;
+  shadows are the ``train`` models, which ``calibrated`` and ``classifier`` use;
+- **classifier** (``classifier:model=logistic``, ``knn``, ``mlp`` or ``forest``): MindArmour's trained
+  attack models (:func:`~dpsnn.attacks.membership.attack_model_search`: a cross-validated grid search) on
+  ``[loss, logits]`` of the ``train`` models' challenge points, whose membership their solutions give. One
+  fit on every ``train`` model scores the ``dev`` and ``final`` models; each ``train`` model is scored by
+  a fit without it (leave-one-out), so its score on ``train/`` is honest. The forest's grid search
+  takes about a second per fit on a few thousand points;
 - **calibrated** (``calibrated:mode=online`` or ``mode=offline``): LiRA (Carlini et al. 2022) with the
   ``train`` models of the same scenario as shadow models, the idea of the competition's winners. A
   ``train`` model discloses all its seeds, so its whole training set (``members`` and ``training``) is
@@ -60,14 +66,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from dpsnn.attacks.base import Attack, MembershipScores, make_attack, query, registered_attacks
 from dpsnn.attacks.lira import MIN_STD, logit_confidence
-from dpsnn.attacks.membership import Chance, ThresholdAttack
+from dpsnn.attacks.membership import ATTACK_MODELS, Chance, ThresholdAttack, attack_model_search, loss_logit_features
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR
 from dpsnn.defences.base import parse_spec_text
 from dpsnn.errors import ConfigError, DataError
@@ -94,7 +102,9 @@ from dpsnn.mico.official import (
 __all__ = [
     "CALIBRATED",
     "CALIBRATED_MODES",
+    "CLASSIFIER",
     "Calibrated",
+    "ShadowClassifier",
     "MicoAttack",
     "ModelTarget",
     "attack_challenge",
@@ -127,12 +137,33 @@ class Calibrated:
         return f"{CALIBRATED}(mode={self.mode})"
 
 
-MicoAttack = Attack | Calibrated
+CLASSIFIER = "classifier"
+
+
+@dataclass(frozen=True)
+class ShadowClassifier:
+    """MindArmour's trained attack model on ``[loss, logits]``, fitted on the ``train`` models' challenge points."""
+
+    model: str = "logistic"
+
+    def __post_init__(self) -> None:
+        if self.model not in ATTACK_MODELS:
+            raise ConfigError(
+                f"attack '{CLASSIFIER}': model must be one of {', '.join(ATTACK_MODELS)}, got {self.model!r}"
+            )
+
+    def spec(self) -> str:
+        return f"{CLASSIFIER}(model={self.model})"
+
+
+MicoAttack = Attack | Calibrated | ShadowClassifier
+#: The attacks that learn from the scenario's ``train`` models (their solutions are public).
+ON_TRAIN_MODELS = (Calibrated, ShadowClassifier)
 
 
 def attack_names() -> list[str]:
     """The attacks :func:`mico_attack` accepts, by name."""
-    return sorted([CALIBRATED, "chance", "membership-threshold"])
+    return sorted([CALIBRATED, CLASSIFIER, "chance", "membership-threshold"])
 
 
 def mico_attack(text: str | MicoAttack) -> MicoAttack:
@@ -141,7 +172,7 @@ def mico_attack(text: str | MicoAttack) -> MicoAttack:
     ``membership-threshold`` must keep ``shadow_models=0`` (MICO gives no auxiliary data to train
     shadows on); ``calibrated`` takes ``mode`` (``online`` or ``offline``).
     """
-    if isinstance(text, Calibrated):
+    if isinstance(text, ON_TRAIN_MODELS):
         return text
     if isinstance(text, Attack):
         attack = text
@@ -152,6 +183,11 @@ def mico_attack(text: str | MicoAttack) -> MicoAttack:
             if unknown:
                 raise ConfigError(f"attack '{CALIBRATED}' has no parameter {unknown[0]!r}; it takes mode")
             return Calibrated(**params)
+        if name == CLASSIFIER:
+            unknown = sorted(set(params) - {"model"})
+            if unknown:
+                raise ConfigError(f"attack '{CLASSIFIER}' has no parameter {unknown[0]!r}; it takes model")
+            return ShadowClassifier(**params)
         if name not in registered_attacks():
             raise ConfigError(f"unknown attack '{name}'; choose from {', '.join(attack_names())}")
         attack = make_attack(name, params)
@@ -161,7 +197,7 @@ def mico_attack(text: str | MicoAttack) -> MicoAttack:
         raise ConfigError(f"'{attack.name}' is not a membership attack; choose from {', '.join(attack_names())}")
     raise ConfigError(
         f"'{attack.spec()}' trains shadow models on auxiliary data, which MICO does not give; use "
-        f"membership-threshold (shadow_models=0), chance, or {CALIBRATED} (the train models as shadows)"
+        f"membership-threshold (shadow_models=0), chance, or {CALIBRATED} or {CLASSIFIER} (the train models as shadows)"
     )
 
 
@@ -354,6 +390,36 @@ def _scenario_calibrated(mode: str, rebuilt: list[_Rebuilt], dataset_size: int, 
     return scores
 
 
+def _scenario_classifier(attack: ShadowClassifier, rebuilt: list[_Rebuilt], seed: int) -> list[Tensor]:
+    """Each model's members' probability by an attack model fitted on the other ``train`` models' challenge points.
+
+    One fit (scikit-learn's grid search, :func:`~dpsnn.attacks.membership.attack_model_search`) on every
+    ``train`` model serves the ``dev`` and ``final`` models; a ``train`` model gets a fit without itself.
+    """
+    shadows = [item for item in rebuilt if item.trained_on is not None]
+    if len(shadows) < MIN_TRAIN_MODELS:
+        scenario = rebuilt[0].target.scenario
+        raise DataError(
+            f"{scenario}: {CLASSIFIER} needs at least {MIN_TRAIN_MODELS} train models, found {len(shadows)}"
+        )
+    features = [loss_logit_features(_logits(item.model, item.inputs), item.labels) for item in rebuilt]
+    truth = {k: torch.isin(item.indices, item.trained_on).numpy() for k, item in enumerate(rebuilt) if item in shadows}
+    fits: dict[int | None, Any] = {}
+
+    def fitted(left_out: int | None) -> Any:
+        if left_out not in fits:
+            rows = [k for k in truth if k != left_out]
+            search = attack_model_search(attack.model, seed)
+            search.fit(np.concatenate([features[k] for k in rows]), np.concatenate([truth[k] for k in rows]))
+            fits[left_out] = search
+        return fits[left_out]
+
+    return [
+        torch.from_numpy(fitted(k if k in truth else None).predict_proba(features[k])[:, 1]).double()
+        for k in range(len(rebuilt))
+    ]
+
+
 def attack_challenge(
     challenge: str | Path,
     dataset: MicoDataset,
@@ -386,7 +452,7 @@ def attack_challenge(
         len_challenge = LEN_CHALLENGE if len_challenge is None else len_challenge
     if models_of != dataset.task:
         raise ConfigError(f"{task}: {models_of} models, but a {dataset.task} dataset was given")
-    if isinstance(attack, Calibrated) and phases is not None and "train" not in phases:
+    if isinstance(attack, ON_TRAIN_MODELS) and phases is not None and "train" not in phases:
         _, extra = challenge_targets(challenge, scenarios, ("train",))
         shadows_only = {target.folder for target in extra}
         targets = targets + extra
@@ -400,11 +466,14 @@ def attack_challenge(
         if split.members is not None and split.training is not None:
             trained_on = torch.cat([split.members, split.training])
         rebuilt.append(_Rebuilt(target, model, split.indices, split.inputs, split.labels, trained_on))
-    if isinstance(attack, Calibrated):
+    if isinstance(attack, ON_TRAIN_MODELS):
         raw = []
         for name in dict.fromkeys(item.target.scenario for item in rebuilt):
             group = [item for item in rebuilt if item.target.scenario == name]
-            raw.extend(_scenario_calibrated(attack.mode, group, len(dataset), progress))
+            if isinstance(attack, Calibrated):
+                raw.extend(_scenario_calibrated(attack.mode, group, len(dataset), progress))
+            else:
+                raw.extend(_scenario_classifier(attack, group, seed))
     else:
         raw = [_signal_scores(attack, item, seed + model_index(item.target.folder)) for item in rebuilt]
     predictions = [

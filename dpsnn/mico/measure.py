@@ -34,14 +34,14 @@ from tqdm import tqdm
 
 from dpsnn.errors import ConfigError
 from dpsnn.metrics import N_BOOTSTRAP
-from dpsnn.mico.attack import Calibrated, MicoAttack, attack_challenge, mico_attack
+from dpsnn.mico.attack import Calibrated, MicoAttack, ShadowClassifier, attack_challenge, mico_attack
 from dpsnn.mico.build import is_built_task, write_reference_solutions
 from dpsnn.mico.folders import ROW_COLUMNS, FolderScores, score_folders, score_rows
 from dpsnn.mico.official import MicoDataset
 
 __all__ = ["DEFAULT_ATTACKS", "DEFAULT_PHASES", "MEASURE_COLUMNS", "attack_label", "measure_attacks"]
 
-#: Every attack on a model alone, and the winners' calibration: a row each.
+#: Every attack on a model alone, the winners' calibration, and MindArmour's four attack models: a row each.
 DEFAULT_ATTACKS = (
     "chance",
     "membership-threshold:signal=loss",
@@ -50,6 +50,7 @@ DEFAULT_ATTACKS = (
     "membership-threshold:signal=modified-entropy",
     "calibrated:mode=offline",
     "calibrated:mode=online",
+    *(f"classifier:model={model}" for model in ("logistic", "knn", "mlp", "forest")),
 )
 DEFAULT_PHASES = ("dev", "final")
 MEASURE_COLUMNS = ("attack", "label", *ROW_COLUMNS)
@@ -94,6 +95,8 @@ def attack_label(attack: MicoAttack) -> str:
     """A short name for tables: ``threshold (loss)``, ``calibrated (online)``, ``chance``."""
     if isinstance(attack, Calibrated):
         return f"calibrated ({attack.mode})"
+    if isinstance(attack, ShadowClassifier):
+        return f"{attack.model} on train models"
     if attack.name == "membership-threshold":
         return f"threshold ({attack.params()['signal']})"
     return attack.name
