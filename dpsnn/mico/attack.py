@@ -19,8 +19,8 @@ written as ``prediction.csv`` in challenge order. Three kinds of attack are acce
   attack models (:func:`~dpsnn.attacks.membership.attack_model_search`: a cross-validated grid search) on
   ``[loss, logits]`` of the ``train`` models' challenge points, whose membership their solutions give. One
   fit on every ``train`` model scores the ``dev`` and ``final`` models; each ``train`` model is scored by
-  a fit without it (leave-one-out), so its score on ``train/`` is honest. The forest's grid search
-  takes about a second per fit on a few thousand points;
+  a fit without it (leave-one-out), so its score on ``train/`` is honest. The forest is the slowest: each
+  fit is a grid search over 6 settings × 3 folds of 100 trees;
 - **calibrated** (``calibrated:mode=online`` or ``mode=offline``): LiRA (Carlini et al. 2022) with the
   ``train`` models of the same scenario as shadow models, the idea of the competition's winners. A
   ``train`` model discloses all its seeds, so its whole training set (``members`` and ``training``) is
