@@ -1,18 +1,28 @@
 """Bad input to the scripts: one clear line on stderr, a non-zero exit, no traceback, nothing written.
 
-The cases that read files (checkpoints, datasets, folders) run every script as a subprocess from
-the repository root with DPSNN_OFFLINE=1 and all of its folders pointed into a temporary
-workspace, as a user would start it. Starting a script costs seconds (torch and Lightning are
-imported), so one module fixture runs them all, two at a time, and each test checks one outcome.
-The cases argparse or a registry refuses before anything is read (the plain flags,
-``--architecture``, ``--defence``, ``--wire``, ``--attack``) and ``--help`` run each script's
-``main`` through ``run`` in this process, as a script would, with the same checks. Checkpoints and
-results tables of the first schema keep working.
+The cases that read files (checkpoints, datasets, folders) run with DPSNN_OFFLINE=1, from the
+repository root, with all of a script's folders pointed into a temporary workspace, as a user would
+start it. Starting a script costs seconds (torch and Lightning are imported), so one module fixture
+runs them all and each test checks one outcome. Two of them run as real subprocesses
+(:data:`SUBPROCESS_CASES`: ``train_model.py`` refusing a missing dataset, and ``train_attacker.py``
+refusing a checkpoint that would run code when unpickled), which checks what only a real process
+shows: warnings at import time on stderr, the exit status the interpreter really returns, torch's
+own loading defaults. The others call the script's ``main`` through ``run`` in this process, one
+after the other (:func:`run_in_process`): stdout, stderr, warnings and log records are captured as
+a process would show them, and the working folder, ``sys.argv``, the environment, torch's threads
+and the random generators are put back after each. The cases argparse or a registry refuses before
+anything is read (the plain flags, ``--architecture``, ``--defence``, ``--wire``, ``--attack``) and
+``--help`` run each script's ``main`` through ``run`` in this process too, with the same checks.
+Checkpoints and results tables of the first schema keep working.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import io
+import logging
 import os
 import random
 import re
@@ -20,11 +30,14 @@ import runpy
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -41,7 +54,7 @@ from dpsnn.training import train_classifier
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tiny_0noise_0nopeek_epoch=00.ckpt"
 STUB = "demo_0noise_0nopeek_epoch=00.ckpt"
-WORKERS = 2  # more processes than cores make every start-up slower
+WORKERS = 2  # the subprocess cases; more processes than cores make every start-up slower
 
 
 @dataclass
@@ -369,49 +382,146 @@ HELP = {
 # --- running them ------------------------------------------------------------------------------
 
 
-def run_script(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DPSNN_OFFLINE": "1"}
+# Run as real subprocesses; every other case of CASES runs in this process (see the module docstring).
+SUBPROCESS_CASES = {"train_model-missing-dataset", "train_attacker-untrusted-model"}
+
+
+def run_script(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, f"scripts/{script}", *args],
         cwd=REPO,
-        env=env,
+        env={**env, "DPSNN_OFFLINE": "1"},
         capture_output=True,
         text=True,
         timeout=300,
     )
 
 
+@functools.cache
+def script_main(script: str) -> Callable:
+    return runpy.run_path(str(REPO / "scripts" / script))["main"]
+
+
+@contextlib.contextmanager
+def output_as_a_process_would(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
+    """Inside the block, stdout, stderr, warnings and log records reach ``out`` and ``err`` as in a fresh process.
+
+    pytest records warnings and holds the root logger's handlers; a script started on its own has
+    Python's default warning filters and no root handler (records of WARNING and above then go to
+    stderr). Handlers that kept the stream they were made with (Lightning's) are pointed at the
+    buffers. Everything is put back afterwards.
+    """
+    root = logging.getLogger()
+    root_handlers, root_level = root.handlers[:], root.level
+    standard = {id(sys.stdout): out, id(sys.__stdout__): out, id(sys.stderr): err, id(sys.__stderr__): err}
+    moved = [
+        (handler, handler.stream)
+        for logger in [root, *logging.Logger.manager.loggerDict.values()]
+        for handler in getattr(logger, "handlers", [])
+        if type(handler) is logging.StreamHandler and id(handler.stream) in standard
+    ]
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+        # A process shows deprecations its script's own code (__main__ there) triggers.
+        warnings.filterwarnings("default", category=DeprecationWarning, module="<run_path>")
+        root.handlers[:] = []
+        root.setLevel(logging.WARNING)
+        for handler, stream in moved:
+            handler.setStream(standard[id(stream)])
+        try:
+            yield
+        finally:
+            for handler, stream in moved:
+                handler.setStream(stream)
+            root.handlers[:] = root_handlers
+            root.setLevel(root_level)
+            for shown in caught:
+                err.write(
+                    warnings.formatwarning(shown.message, shown.category, shown.filename, shown.lineno, shown.line)
+                )
+
+
+def run_in_process(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python scripts/<script> <args>`` from the repository root, as :func:`run_script` runs it, in this process."""
+    main = script_main(script)
+    out, err = io.StringIO(), io.StringIO()
+    threads, rng = torch.get_num_threads(), (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    environ = dict(os.environ)
+    try:
+        with pytest.MonkeyPatch.context() as patch, output_as_a_process_would(out, err):
+            patch.chdir(REPO)
+            patch.setattr(sys, "argv", [f"scripts/{script}", *args])
+            patch.setenv("DPSNN_OFFLINE", "1")
+            run(main, args)
+    except SystemExit as exited:  # what the interpreter makes of sys.exit(code)
+        if exited.code is None or isinstance(exited.code, int):
+            returncode = exited.code or 0
+        else:
+            err.write(f"{exited.code}\n")
+            returncode = 1
+    except Exception:  # escaped run(): the traceback a process would print, and exit 1
+        err.write(traceback.format_exc())
+        returncode = 1
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng[0])
+        random.setstate(rng[1])
+        np.random.set_state(rng[2])
+        if dict(os.environ) != environ:  # e.g. PL_GLOBAL_SEED, were a script to seed Lightning
+            os.environ.clear()
+            os.environ.update(environ)
+    return subprocess.CompletedProcess(
+        [sys.executable, f"scripts/{script}", *args], returncode, out.getvalue(), err.getvalue()
+    )
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every subprocess case, run on a small pool: id -> (workspace, completed process).
+    """Every case of CASES: id -> (workspace, completed process).
 
-    The cases that need a trained classifier are started once it is trained, which happens while
-    the other cases run.
+    The subprocess cases run on a small pool while this process trains the small classifier the
+    ``plant_tiny`` cases need and then runs the other cases, one after the other.
     """
     data_dir = tmp_path_factory.mktemp("data")  # shared by every case, Fashion-MNIST unpacked once
     splits = make_splits("fashion-mnist", seed=0, train_size=500, root=data_dir)
     tiny = tmp_path_factory.mktemp("tiny") / TINY
-    results = {}
+    workspaces = {}
 
-    def start(pool: ThreadPoolExecutor, cases: list[Case]) -> None:
-        for case in cases:
-            ws = Workspace(tmp_path_factory.mktemp(case.id), data_dir, tiny).create()
-            if case.plant:
-                case.plant(ws)
-            args = [*folder_flags(case.script, ws), *case.args(ws)]
-            results[case.id] = (ws, pool.submit(run_script, case.script, args))
+    def prepare(case: Case) -> list[str]:
+        ws = Workspace(tmp_path_factory.mktemp(case.id), data_dir, tiny).create()
+        if case.plant:
+            case.plant(ws)
+        workspaces[case.id] = ws
+        return [*folder_flags(case.script, ws), *case.args(ws)]
 
+    assert SUBPROCESS_CASES <= {case.id for case in CASES}
+    assert not any(case.plant is plant_tiny for case in CASES if case.id in SUBPROCESS_CASES)
     with ThreadPoolExecutor(WORKERS) as pool:
-        start(pool, [case for case in CASES if case.plant is not plant_tiny])
+        env = dict(os.environ)  # read here: the cases in this process change it for a moment
+        started = {
+            case.id: pool.submit(run_script, case.script, prepare(case), env)
+            for case in CASES
+            if case.id in SUBPROCESS_CASES
+        }
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # leave the other core to the scripts
+        torch.set_num_threads(1)  # leave the other core to the subprocesses
         try:
             model, _ = train_classifier(splits, max_epochs=1, seed=0, progress=False)
+            save_checkpoint(model, tiny, "classifier", 0)
+            results = {
+                case.id: run_in_process(case.script, prepare(case)) for case in CASES if case.id not in SUBPROCESS_CASES
+            }
         finally:
             torch.set_num_threads(threads)
-        save_checkpoint(model, tiny, "classifier", 0)
-        start(pool, [case for case in CASES if case.plant is plant_tiny])
-        return {key: (ws, future.result()) for key, (ws, future) in results.items()}
+        results |= {key: future.result() for key, future in started.items()}
+    return {key: (workspaces[key], result) for key, result in results.items()}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
