@@ -217,3 +217,21 @@ def test_a_cifar10_scenario_in_a_purchase100_tree_is_refused(tree):
     with pytest.raises(DataError, match="a cifar10 scenario in a task folder of purchase100 scenarios"):
         attack_challenge(tree / "purchase100", dataset, "chance", len_training=LEN_TRAINING, len_challenge=10)
     assert not any((tree / "purchase100").glob("*/*/model_*/prediction.csv"))
+
+
+@pytest.mark.parametrize("name", ["calibrated:mode=offline", "classifier:model=knn"])
+def test_each_model_gets_its_own_scores_when_several_scenarios_are_attacked_at_once(tree, tmp_path, name):
+    """Attacking dev alone pulls in the train models as shadows; every scenario's scores must stay with its models."""
+    dataset = mico_purchase100_dataset(tree / "data" / "purchase100" / "dataset_purchase")
+    sizes = {"len_training": LEN_TRAINING, "len_challenge": LEN_CHALLENGE}
+    together = tmp_path / "together"
+    attack_challenge(tree / "purchase100", dataset, name, phases=["dev"], output=together, progress=False, **sizes)
+    for scenario in SCENARIOS:
+        alone = tmp_path / scenario
+        attack_challenge(
+            tree / "purchase100", dataset, name, [scenario], ["dev"], output=alone, progress=False, **sizes
+        )
+        for index in MODELS["dev"]:
+            folder = Path("purchase100") / scenario / "dev" / f"model_{index}"
+            expected = read_predictions(alone / folder, count=2 * LEN_CHALLENGE)
+            assert torch.equal(read_predictions(together / folder, count=2 * LEN_CHALLENGE), expected)

@@ -467,13 +467,16 @@ def attack_challenge(
             trained_on = torch.cat([split.members, split.training])
         rebuilt.append(_Rebuilt(target, model, split.indices, split.inputs, split.labels, trained_on))
     if isinstance(attack, ON_TRAIN_MODELS):
-        raw = []
+        raw: list[Tensor | None] = [None] * len(rebuilt)
         for name in dict.fromkeys(item.target.scenario for item in rebuilt):
-            group = [item for item in rebuilt if item.target.scenario == name]
+            positions = [k for k, item in enumerate(rebuilt) if item.target.scenario == name]
+            group = [rebuilt[k] for k in positions]
             if isinstance(attack, Calibrated):
-                raw.extend(_scenario_calibrated(attack.mode, group, len(dataset), progress))
+                scores = _scenario_calibrated(attack.mode, group, len(dataset), progress)
             else:
-                raw.extend(_scenario_classifier(attack, group, seed))
+                scores = _scenario_classifier(attack, group, seed)
+            for k, score in zip(positions, scores, strict=True):  # back in the order of rebuilt
+                raw[k] = score
     else:
         raw = [_signal_scores(attack, item, seed + model_index(item.target.folder)) for item in rebuilt]
     predictions = [
