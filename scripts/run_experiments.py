@@ -63,6 +63,19 @@ def parse_args(argv: Sequence[str] | None) -> object:
     return parser.parse_args(argv)
 
 
+def describe(row: dict) -> str:
+    """One line per finished run: its status and key, accuracy, and the attack's headline (SSIM gap or AUC)."""
+    seconds = (row.get("model_seconds") or 0) + (row.get("attack_seconds") or 0)
+    what = f"{row['status']:<8} {row['key']}"
+    if row["status"] == "ok":
+        what += f"  acc {row['accuracy']:.4f}"
+        if row.get("gap_ssim") is not None:
+            what += f"  SSIM gap {row['gap_ssim']:+.3f}"
+        elif row.get("attack_auc") is not None:  # a membership attack's row
+            what += f"  AUC {row['attack_auc']:.3f}"
+    return f"{what}  ({seconds:.0f} s)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     suites = expand_suites(args.suites)  # an unknown suite fails here, before any work
@@ -83,11 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def log(row: dict) -> None:
         bar.update(1)
-        seconds = (row.get("model_seconds") or 0) + (row.get("attack_seconds") or 0)
-        what = f"{row['status']:<8} {row['key']}"
-        if row["status"] == "ok":
-            what += f"  acc {row['accuracy']:.4f}  SSIM gap {row['gap_ssim']:+.3f}"
-        bar.write(f"{what}  ({seconds:.0f} s)")
+        bar.write(describe(row))
 
     runner = ExperimentRunner(budget, args.dataset, results_dir, models_dir, args.data_dir, progress=args.progress)
     started = time.perf_counter()

@@ -322,3 +322,14 @@ def test_a_membership_attack_is_scored_on_members_and_non_members(tmp_path, tiny
     assert math.isnan(row["attack_ssim"])  # no reconstructions in a membership row
     # Scored on its candidates, half of them from the training split: the budget's count, as far as the splits allow.
     assert row["n_test"] == min(runner.budget.membership_candidates, 2 * TINY_BUDGET["train_size"])
+
+
+def test_each_finished_run_is_one_line_whatever_its_attack_measures():
+    import runpy
+
+    describe = runpy.run_path(str(REPO / "scripts" / "run_experiments.py"))["describe"]
+    inversion = {"status": "ok", "key": "a", "accuracy": 0.89, "gap_ssim": 0.28, "model_seconds": 3.0}
+    membership = {"status": "ok", "key": "b", "accuracy": 0.89, "attack_auc": 0.61, "attack_seconds": 2.0}
+    assert describe(inversion) == "ok       a  acc 0.8900  SSIM gap +0.280  (3 s)"
+    assert describe(membership) == "ok       b  acc 0.8900  AUC 0.610  (2 s)"
+    assert describe({"status": "diverged", "key": "c"}) == "diverged c  (0 s)"
