@@ -316,6 +316,7 @@ def train_scheduled(
     strategy: str = "auto",
     progress: bool = False,
     on_epoch: EpochHook | None = None,
+    desc: str = "shadow models",
 ) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
     """Train built ``models`` on ``schedule`` (``(epochs, batches, S, B)`` indices into ``images``, as
     :func:`batch_schedule` makes) with Adam at ``recipe``'s rate, together or one by one.
@@ -325,7 +326,8 @@ def train_scheduled(
     architecture and the trained, stacked parameters and buffers. ``on_epoch`` sees the
     models after each of their epochs: all of them at once when trained together, one at a
     time (its index alone) when one by one. Random draws inside the models (dropout, wire
-    noise) come from torch's global generator, seeded by the caller.
+    noise) come from torch's global generator, seeded by the caller. ``desc`` names the progress bar
+    (shown with ``progress``, over epochs).
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown shadow training strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -337,7 +339,7 @@ def train_scheduled(
     if strategy == "auto":
         strategy = choose_strategy(models[0])
     train = _train_together if strategy == "together" else _train_one_by_one
-    return train(models, images, labels, schedule, recipe, progress, on_epoch)
+    return train(models, images, labels, schedule, recipe, progress, on_epoch, desc)
 
 
 def _train_together(
@@ -348,6 +350,7 @@ def _train_together(
     recipe: ShadowRecipe,
     progress: bool,
     on_epoch: EpochHook | None,
+    desc: str = "shadow models",
 ) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
     params, buffers = stack_module_state(models)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
@@ -362,7 +365,7 @@ def _train_together(
 
     step_losses = vmap(one, randomness="different")
     everyone = list(range(len(models)))
-    for epoch, epoch_batches in enumerate(_epochs(schedule, progress)):
+    for epoch, epoch_batches in enumerate(_epochs(schedule, progress, desc)):
         base.train()
         for indices in epoch_batches:  # (S, B)
             indices = indices.to(device)
@@ -384,12 +387,13 @@ def _train_one_by_one(
     recipe: ShadowRecipe,
     progress: bool,
     on_epoch: EpochHook | None,
+    desc: str = "shadow models",
 ) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:
     device = next(models[0].parameters()).device
     images, labels = images.to(device), labels.to(device)
     for shadow, model in enumerate(models):
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-        for epoch, epoch_batches in enumerate(_epochs(schedule, progress and shadow == 0)):
+        for epoch, epoch_batches in enumerate(_epochs(schedule, progress and shadow == 0, desc)):
             model.train()
             for indices in epoch_batches[:, shadow]:  # (B,)
                 indices = indices.to(device)
@@ -406,9 +410,9 @@ def _train_one_by_one(
     return copy.deepcopy(models[0]).to("meta"), params, buffers
 
 
-def _epochs(schedule: Tensor, progress: bool) -> Tensor | object:
+def _epochs(schedule: Tensor, progress: bool, desc: str) -> Tensor | object:
     if not progress:
         return schedule
     from tqdm.auto import tqdm
 
-    return tqdm(schedule, desc="shadow models", unit="epoch")
+    return tqdm(schedule, desc=desc, unit="epoch")

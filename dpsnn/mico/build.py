@@ -489,7 +489,8 @@ def _train_stacked(
     recipe = ShadowRecipe(epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate)
     torch.manual_seed(seeds[0])
     on_epoch = best if settings.keep == "best" else None
-    _, params, buffers = train_scheduled(models, images, labels, schedule, recipe, strategy, progress, on_epoch)
+    desc = f"{scenario.name}, {len(models)} models"
+    _, params, buffers = train_scheduled(models, images, labels, schedule, recipe, strategy, progress, on_epoch, desc)
     if settings.keep == "last":
         best.state = [{name: t[j] for name, t in {**params, **buffers}.items()} for j in range(len(models))]
         best.epoch = [settings.epochs - 1] * len(models)
