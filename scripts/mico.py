@@ -1,4 +1,4 @@
-"""MICO, the Microsoft membership inference competition, in its own format: attack, score, zip a submission.
+"""MICO, the Microsoft membership inference competition, in its own format: attack, score, zip, build, measure.
 
     python scripts/mico.py score --solutions mico/cifar10 --predictions mico/cifar10 --phase train
     python scripts/mico.py score --solutions ref --predictions res --n-bootstrap 1000 --seed 1
@@ -7,6 +7,7 @@
     python scripts/mico.py attack --challenge mico/purchase100 --attack calibrated --purchase100 data/dataset_purchase
     python scripts/mico.py build --dataset fashion-mnist --architecture reference --models 8 --epsilons inf 10 4
     python scripts/mico.py attack --challenge mico/fashion-mnist --attack calibrated --data-dir data
+    python scripts/mico.py measure --challenge mico/fashion-mnist --attack calibrated --attack classifier:model=knn
 
 ``score`` scores a task's ``prediction.csv`` files against its ``solution.csv`` files as the
 official scoring program does: per scenario, one ROC over all its models' challenge points, and
@@ -29,7 +30,9 @@ and writes each ``prediction.csv`` into the model folder or, with ``--output``, 
 layout. Raw scores are mapped into ``[0, 1]`` by ``0.5 + atan(s)/π``, one increasing map for every
 model, so the order across models that the official scorer uses is kept. The attacks: ``membership-
 threshold`` (``signal`` = loss, confidence, entropy or modified-entropy; no shadow models), ``chance``,
-and ``calibrated`` (LiRA with the scenario's train models as shadows, ``mode`` online or offline). When
+``calibrated`` (LiRA with the scenario's train models as shadows, ``mode`` online or offline), and
+``classifier`` (MindArmour's attack models fitted on the train models' points, ``model`` logistic, knn, mlp
+or forest). When
 every train model then has a prediction, ``train/`` is scored and reported as ``score`` does. A task
 written by ``build`` is attacked alike: its models are dpsnn classifiers, its dataset (under
 ``--data-dir``) and its ``--len-training`` and ``--len-challenge`` are those of its ``build.json``.
@@ -40,6 +43,10 @@ models (``--models``, 4 to 200; ⌈K/2⌉ train, then dev and final) for each ε
 each ``--defence`` spec, in MICO's layout. Models of a scenario without DP-SGD or suppress are trained
 in groups, together (``--strategy``); the others one by one. Rerun the same command to finish an interrupted build or to
 raise ``--models``; other settings on the same tree are refused.
+
+``measure`` runs each ``--attack`` (default: all of them, MindArmour's four attack models included) on
+a task's ``dev`` and ``final`` models and scores them against the solutions a built task's
+``build.json`` regenerates (or ``--solutions``): ``results/mico/<task>.csv`` (:mod:`dpsnn.mico.measure`).
 """
 
 from __future__ import annotations
@@ -362,7 +369,7 @@ def _measure_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="NAME[:key=value,...]",
-        help="an attack to measure, repeatable (default: every attack on the models alone, and calibrated)",
+        help="an attack to measure, repeatable (default: every attack on the models alone, calibrated, classifier)",
     )
     parser.add_argument(
         "--phase",
