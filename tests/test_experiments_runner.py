@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,8 +98,10 @@ def script(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     )
 
 
-def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
-    """run_experiments.py's ``main`` in this process (no interpreter to start); its exit status must be 0."""
+def script_in_process(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> tuple[int, Any]:
+    """run_experiments.py's ``main`` in this process (no interpreter to start), as the script runs it."""
     import runpy
 
     from dpsnn.cli import run
@@ -109,8 +112,13 @@ def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pyt
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:
         run(main, args)
-    captured = capsys.readouterr()
-    assert exited.value.code == 0, captured.err[-2000:]
+    return exited.value.code, capsys.readouterr()
+
+
+def run_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+    """The script's stdout; its exit status must be 0."""
+    code, captured = script_in_process(args, monkeypatch, capsys)
+    assert code == 0, captured.err[-2000:]
     return captured.out
 
 
@@ -147,18 +155,9 @@ def test_killed_half_way_the_script_loses_nothing_and_duplicates_nothing(tmp_pat
 def error_in_process(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> tuple[int, str]:
-    """run_experiments.py's ``main`` in this process, as the script runs it; its exit status and stderr."""
-    import runpy
-
-    from dpsnn.cli import run
-
-    main = runpy.run_path(str(REPO / "scripts" / "run_experiments.py"))["main"]
-    monkeypatch.setattr(sys, "argv", ["run_experiments.py"])
-    monkeypatch.setenv("DPSNN_OFFLINE", "1")
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        run(main, args)
-    return exited.value.code, capsys.readouterr().err
+    """The script's exit status and stderr."""
+    code, captured = script_in_process(args, monkeypatch, capsys)
+    return code, captured.err
 
 
 @pytest.mark.parametrize(
