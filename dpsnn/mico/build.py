@@ -599,12 +599,13 @@ def write_reference_solutions(task: str | Path, output: str | Path, pool_size: i
     number of points the splits index (``len(built_dataset(task))``). Returns the files written.
     """
     task = Path(task)
-    settings = read_manifest(task)["settings"]
+    manifest = read_manifest(task)
+    settings = manifest["settings"]
     reference = Path(output) / settings["dataset"]
     if reference.resolve() == task.resolve():
         raise ConfigError(f"{output}: the reference solutions go into another tree than the task's")
     written = []
-    for scenario in sorted(read_manifest(task)["scenarios"]):
+    for scenario in sorted(manifest["scenarios"]):
         for phase in PHASES:
             for folder in sorted((task / scenario / phase).glob("model_*")):
                 if not model_weights_path(folder).is_file():
