@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,37 @@ def attack_table(row: Mapping[str, Any], metrics: Iterable[str]) -> str:
             f"{format_measure(row, 'baseline_' + metric):<20}  {format_measure(row, 'gap_' + metric)}"
         )
     return "\n".join(lines)
+
+
+# -- generated blocks of a Markdown file -------------------------------------------------------
+
+#: A block of a Markdown file that code rewrites from results: ``<!-- generated:NAME -->`` … ``<!-- end:NAME -->``.
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
+
+
+def fill_blocks(path: str | Path, blocks: Mapping[str, str]) -> bool:
+    """Rewrite the generated blocks of the Markdown file at ``path`` named in ``blocks``; whether anything changed.
+
+    The prose around the blocks, and blocks not named in ``blocks``, are left as they are;
+    a missing file is left missing. The file is replaced atomically.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    text = path.read_text()
+
+    def fill(match: re.Match) -> str:
+        body = blocks.get(match.group("name"), match.group("body").rstrip("\n"))
+        return f"{match.group(1)}{body}\n{match.group(4)}"
+
+    updated = BLOCK.sub(fill, text)
+    if updated == text:
+        return False
+    with atomic_path(path) as partial:
+        partial.write_text(updated)
+    return True
+
+
+def generated_blocks(path: str | Path) -> dict[str, str]:
+    """The generated blocks as they stand in the Markdown file at ``path``, by name."""
+    return {m.group("name"): m.group("body").rstrip("\n") for m in BLOCK.finditer(Path(path).read_text())}

@@ -41,12 +41,13 @@ from dpsnn.cli import (
 )
 from dpsnn.data import DEFAULT_DATA_DIR, Splits, dataset_info, derived_metadata, make_splits
 from dpsnn.errors import ConfigError, ResultsError
-from dpsnn.results import RESULTS_DIR, append_rows, read_table, write_table
+from dpsnn.results import RESULTS_DIR, append_rows, fill_blocks, read_table, write_table
 from dpsnn.unlearnable.poisons import POISONS, PoisonJob, check_poison, make_unlearnable
 from dpsnn.unlearnable.recipes import Recipe, RecipeResult, recipe_from, recipe_names, train_with_recipe
 from dpsnn.unlearnable.report import markdown_table, summarise
 
 TRAIN_KEYS = ("dataset", "method", "epsilon", "architecture", "recipe", "seed", "epochs", "train_size")
+README, README_BLOCK = Path("README.md"), "unlearnable"  # the README's table of results
 #: The default budget per image size: the published ε for MNIST-like gray images, and for CIFAR.
 DEFAULT_EPSILON = {(1, 28, 28): 0.3, (3, 32, 32): 8 / 255}
 
@@ -74,6 +75,13 @@ def _make_arguments(parser: argparse.ArgumentParser) -> None:
     error_min.add_argument("--train-steps", type=positive_int, default=None, help="model batches per round (10)")
     error_min.add_argument("--max-rounds", type=positive_int, default=None)
     error_min.add_argument("--stop-accuracy", type=float, default=None, help="stop at this accuracy (0.99)")
+    error_min.add_argument(
+        "--surrogate",
+        dest="architecture",
+        type=architecture_argument,
+        default=None,
+        help="the registered architecture the noise is fitted against (reference)",
+    )
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,11 +123,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_run_arguments(train, DEFAULT_DATA_DIR, RESULTS_DIR / "unlearnable")
     summary = commands.add_parser("summary", help="summarise train.csv over seeds into summary.csv")
     summary.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "unlearnable")
+    summary.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help=f"the Markdown file whose '{README_BLOCK}' block gets the table (default: README.md for the "
+        "default results folder, none otherwise)",
+    )
     return parser.parse_args(argv)
 
 
 NTGA_FLAGS = ("block_size", "time", "iterations", "step_size", "target_size", "diag_reg", "precision")
-ERROR_MIN_FLAGS = ("step_size", "pgd_steps", "train_steps", "max_rounds", "stop_accuracy")
+ERROR_MIN_FLAGS = ("step_size", "pgd_steps", "train_steps", "max_rounds", "stop_accuracy", "architecture")
+FLAG_NAMES = {"architecture": "--surrogate"}  # settings whose flag is not named after them
 
 
 def _options(args: argparse.Namespace) -> dict[str, object]:
@@ -129,7 +145,7 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
     given = {name: getattr(args, name) for name in sorted(every) if getattr(args, name) is not None}
     foreign = sorted(name for name in given if name not in own)
     if foreign:
-        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        flags = ", ".join(FLAG_NAMES.get(name, "--" + name.replace("_", "-")) for name in foreign)
         raise ConfigError(f"{flags}: not a setting of --method {args.method}")
     if args.no_compile:
         if args.method != "ntga":
@@ -242,8 +258,12 @@ def summary(args: argparse.Namespace) -> None:
     _, rows = read_table(table)
     summarised = summarise(rows)
     written = write_table(args.results_dir / "summary.csv", summarised)
-    print(markdown_table(summarised))
+    table_text = markdown_table(summarised)
+    print(table_text)
     print(f"written {written}")
+    readme = args.readme or (README if args.results_dir == RESULTS_DIR / "unlearnable" else None)
+    if readme is not None and fill_blocks(readme, {README_BLOCK: table_text}):
+        print(f"refreshed the '{README_BLOCK}' table in {readme}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

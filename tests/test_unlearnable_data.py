@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from test_data import FakeSet, fake_mnist, write_mnist
 from dpsnn.cli import run
 from dpsnn.data import dataset_info, derived_file, derived_metadata, load_images, make_splits, save_derived
 from dpsnn.errors import ConfigError, DataError
-from dpsnn.results import read_table
+from dpsnn.results import generated_blocks, read_table
 from dpsnn.unlearnable.poisons import make_unlearnable
+from dpsnn.unlearnable.report import markdown_table, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NTGA = {"iterations": 2, "block_size": 60, "target_size": 50, "compile": False}
@@ -153,6 +155,7 @@ def run_script(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
         (["make", "--time", "0"], "training time t must be positive"),
         (["make", "--block-size", "301"], "block size 301 is larger than the training set (300 images)"),
         (["make", "--method", "random", "--iterations", "2"], "--iterations: not a setting of --method random"),
+        (["make", "--method", "ntga", "--surrogate", "mlp:64"], "--surrogate: not a setting of --method ntga"),
         (["make", "--dataset", "mnist+ntga"], "itself a derived dataset"),
         (["train", "--dataset", "mnist+ntga"], "make it with"),
         (["train", "--dataset", "mnist+labels"], "does not match its source"),
@@ -217,3 +220,64 @@ def test_options_of_a_method_are_checked(mnist, root, tmp_path):
     with pytest.raises(ConfigError, match="unknown poison method 'blur'"):
         make_unlearnable("mnist", "blur", 0.3, root=root, system_dir=tmp_path)
     assert not (root / "derived").exists()
+
+
+def test_error_min_surrogate_flag_chooses_the_architecture(mnist, root, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    folders = ["--data-dir", str(root), "--results-dir", str(results), "--no-progress", "--dataset", "mnist"]
+    tiny = ["--pgd-steps", "1", "--train-steps", "1", "--max-rounds", "1", "--surrogate", "mlp:64"]
+    assert run_script(["make", "--method", "error-min", *tiny, *folders], monkeypatch) == 0
+    _, made = read_table(results / "make.csv")
+    assert [row["dataset"] for row in made] == ["mnist+error-min"]
+    assert json.loads(made[0]["options"])["architecture"] == "mlp:64"
+
+
+def test_summary_refreshes_the_readme_block_it_is_given(mnist, root, tmp_path, capsys, monkeypatch):
+    results = tmp_path / "results"
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\n<!-- generated:unlearnable -->\nold\n<!-- end:unlearnable -->\n\nprose\n")
+    folders = ["--data-dir", str(root), "--results-dir", str(results), "--no-progress"]
+    assert run_script(["make", "--dataset", "mnist", "--method", "random", *folders], monkeypatch) == 0
+    small = ["--epochs", "1", "--train-size", "60", "--val-size", "30", "--aux-split-size", "30"]
+    assert run_script(["train", "--dataset", "mnist+random", *small, *folders], monkeypatch) == 0
+    assert run_script(["summary", "--results-dir", str(results), "--readme", str(readme)], monkeypatch) == 0
+    _, rows = read_table(results / "train.csv")
+    text = readme.read_text()
+    assert generated_blocks(readme) == {"unlearnable": markdown_table(summarise(rows))}
+    assert text.startswith("# Title\n") and text.endswith("\nprose\n") and "old" not in text
+    assert "refreshed the 'unlearnable' table" in capsys.readouterr().out
+
+
+def test_committed_readme_table_agrees_with_the_committed_results():
+    _, rows = read_table(REPO / "results" / "unlearnable" / "train.csv")
+    assert generated_blocks(REPO / "README.md")["unlearnable"] == markdown_table(summarise(rows))
+
+
+def test_summary_orders_clean_then_controls_then_ntga_with_plain_first():
+    def row(method, recipe, rules="True", seed="0", accuracy="0.5"):
+        dataset = "fashion-mnist" if method == "clean" else f"fashion-mnist+{method}"
+        return {
+            "dataset": dataset, "method": method, "epsilon": "0.3", "architecture": "reference", "recipe": recipe,
+            "epochs": "10", "train_size": "100", "obeys_rules": rules, "seed": seed, "test_acc": accuracy,
+            "test_acc_se": "0.01",
+        }  # fmt: skip
+
+    rows = [
+        row("ntga", "last-layer", rules="False"),
+        row("ntga", "jpeg(quality=10)"),
+        row("ntga", "plain"),
+        row("random", "plain"),
+        row("clean", "plain", accuracy="0.9"),
+        row("clean", "plain", seed="1", accuracy="0.8"),
+        row("ntga", "binarise(threshold=0.5)"),
+    ]
+    summary = summarise(rows)
+    assert [(r["method"], r["recipe"]) for r in summary] == [
+        ("clean", "plain"),
+        ("random", "plain"),
+        ("ntga", "plain"),
+        ("ntga", "jpeg(quality=10)"),
+        ("ntga", "binarise(threshold=0.5)"),
+        ("ntga", "last-layer"),
+    ]
+    assert summary[0]["seeds"] == 2 and summary[0]["test_acc"] == pytest.approx(0.85)

@@ -13,7 +13,6 @@ notebooks and the numbers in ``results/REPORT.md`` cannot disagree. Example::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ from dpsnn.experiments.summary import (
     summarise,
     undefended,
 )
-from dpsnn.files import atomic_path
-from dpsnn.results import format_measure, write_table
+from dpsnn.results import fill_blocks, format_measure, write_table
+from dpsnn.results import generated_blocks as generated_blocks  # the report's blocks, read back
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -148,8 +147,6 @@ def _grid_rows(results_dir: Path, rows: Sequence[Mapping[str, Any]], suite: str)
 
 
 # -- report ---------------------------------------------------------------------------
-
-BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
 
 
 def _cell(row: Mapping[str, Any], measure: str, digits: int) -> str:
@@ -542,25 +539,4 @@ def update_report(path: str | Path, summary: Sequence[Mapping[str, Any]]) -> boo
     A block is ``<!-- generated:NAME -->`` ... ``<!-- end:NAME -->``; the prose around
     the blocks is left as it is. A missing report is left missing.
     """
-    path = Path(path)
-    if not path.is_file():
-        return False
-    text = path.read_text()
-    blocks = report_blocks(summary)
-
-    def fill(match: re.Match) -> str:
-        name = match.group("name")
-        body = blocks.get(name, match.group("body").rstrip("\n"))
-        return f"{match.group(1)}{body}\n{match.group(4)}"
-
-    updated = BLOCK.sub(fill, text)
-    if updated == text:
-        return False
-    with atomic_path(path) as partial:
-        partial.write_text(updated)
-    return True
-
-
-def generated_blocks(path: str | Path) -> dict[str, str]:
-    """The generated blocks as they stand in the report at ``path``."""
-    return {m.group("name"): m.group("body").rstrip("\n") for m in BLOCK.finditer(Path(path).read_text())}
+    return fill_blocks(path, report_blocks(summary))

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["SETTING", "markdown_table", "summarise"]
+__all__ = ["METHOD_ORDER", "SETTING", "markdown_table", "summarise"]
 
 #: The columns that say what a setting is; a summary row has one per distinct combination.
 SETTING = ("dataset", "method", "epsilon", "architecture", "recipe", "epochs", "train_size", "obeys_rules")
@@ -34,8 +34,24 @@ def _mean_and_se(rows: list[Mapping[str, str]]) -> tuple[float, float]:
     return mean, math.sqrt(variance / len(values))
 
 
+#: The order of the training data in a summary: clean, then the controls, then the attack.
+METHOD_ORDER = ("clean", "random", "error-min", "ntga")
+
+
+def _order(setting: Mapping[str, str]) -> tuple[int, bool, bool]:
+    """Clean data first, then random and error-minimising noise, then NTGA; plain first; outside the rules last."""
+    method = setting["method"]
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return rank, setting["recipe"] != "plain", setting["obeys_rules"] != "True"
+
+
 def summarise(rows: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
-    """One row per setting, in first-seen order: the mean clean test accuracy over seeds, its SE and the seeds."""
+    """One row per setting: the mean clean test accuracy over seeds, its SE and the seeds.
+
+    Settings come clean data first, then random noise, error-minimising noise and NTGA
+    (:data:`METHOD_ORDER`); within each, plain training first and the recipes outside the
+    competition's rules last; otherwise in the order ``rows`` first name them.
+    """
     groups: dict[tuple[str, ...], list[Mapping[str, str]]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(column, "") for column in SETTING), []).append(row)
@@ -44,7 +60,7 @@ def summarise(rows: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
         mean, se = _mean_and_se(members)
         setting = dict(zip(SETTING, key, strict=True))
         summary.append({**setting, "test_acc": mean, "test_acc_se": se, "seeds": len(members)})
-    return summary
+    return sorted(summary, key=_order)  # a stable sort: first-seen order within equal keys
 
 
 def markdown_table(summary: Iterable[Mapping[str, Any]]) -> str:
