@@ -2,6 +2,8 @@
 
     python scripts/run_experiments.py all --seeds 3        # the full grid on Fashion-MNIST
     python scripts/run_experiments.py noise nopeek --quick  # a small version, in minutes
+    python scripts/run_experiments.py all --shard 2/4       # a quarter of the grid (one machine of four)
+    python scripts/run_experiments.py all --merge           # then: every shard's runs, and the tables
 
 Suites: plain, noise, nopeek, combo, post-noise, data-volume, aux-shift, dp, dp-adaptive,
 suppress, attacks, all. Every run
@@ -10,6 +12,11 @@ recorded in <results-dir>/runs.csv as soon as it finishes; a second call skips f
 runs and redoes any that was killed half-way. Tables (mean ± SE over seeds) go to
 <results-dir>/summary.csv and <results-dir>/tables/, figures to <results-dir>/figures/.
 A runs.csv of an earlier results schema is migrated first, with a line saying so.
+
+``--shard K/N`` runs a deterministic N-th of the grid (every run of one trained model
+together) into <results-dir>/shards/K-of-N/, resumably, so a job array or any launcher
+spreads the grid over machines; copy the shard folders under one <results-dir>/shards/ and
+``--merge`` adds their runs to runs.csv, each once, and writes the tables.
 """
 
 from __future__ import annotations
@@ -17,19 +24,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from dpsnn.cli import ArgumentParser, positive_int, run
+from dpsnn.cli import ArgumentParser, checked, positive_int, run
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info
 from dpsnn.errors import ResultsError
 from dpsnn.experiments.report import SUMMARY_FILE, draw_figures, update_report, write_tables
-from dpsnn.experiments.runner import ExperimentRunner
-from dpsnn.experiments.store import RUNS_FILE, upgrade
-from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, customised, expand_suites
+from dpsnn.experiments.runner import ExperimentRunner, Shard
+from dpsnn.experiments.store import RUNS_FILE, RunStore, upgrade
+from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, Budget, customised, expand_suites
 from dpsnn.experiments.summary import best_within, undefended
 from dpsnn.results import RESULTS_DIR
 
+SHARDS_DIR = "shards"  # under the results folder: one folder per shard, K-of-N
 BUDGET_FLAGS = {
     "train_size": "target train images",
     "val_size": "target validation images",
@@ -60,7 +69,24 @@ def parse_args(argv: Sequence[str] | None) -> object:
         "--tables-only", action="store_true", help="run nothing: rewrite tables, figures and report from runs.csv"
     )
     parser.add_argument("--progress", action="store_true", help="show Lightning's per-epoch progress bars")
-    return parser.parse_args(argv)
+    cluster = parser.add_argument_group("spreading the grid over machines")
+    cluster.add_argument(
+        "--shard",
+        type=checked(Shard.parse),
+        default=None,
+        metavar="K/N",
+        help="run only the K-th of N deterministic parts of the grid, into <results-dir>/shards/K-of-N/",
+    )
+    cluster.add_argument(
+        "--merge",
+        action="store_true",
+        help="run nothing: add every shard's runs (<results-dir>/shards/*/) to <results-dir>/runs.csv, then "
+        "write tables, figures and report",
+    )
+    args = parser.parse_args(argv)
+    if args.shard and (args.merge or args.tables_only):
+        parser.error("--shard runs part of the grid; merge and write tables in a separate call with --merge")
+    return args
 
 
 def describe(row: dict) -> str:
@@ -76,6 +102,41 @@ def describe(row: dict) -> str:
     return f"{what}  ({seconds:.0f} s)"
 
 
+def run_shard(args: Any, budget: Budget, folder: Path, models_dir: Path) -> int:
+    """Run one shard's part of the grid into its own folder; tables come from the merge."""
+    suites = expand_suites(args.suites)
+    upgrade(folder)
+    bar = tqdm(desc=f"shard {args.shard.index}/{args.shard.count}", unit="run", dynamic_ncols=True, disable=None)
+
+    def log(row: dict) -> None:
+        bar.update(1)
+        bar.write(describe(row))
+
+    runner = ExperimentRunner(
+        budget, args.dataset, folder, models_dir, args.data_dir, progress=args.progress, shard=args.shard
+    )
+    started = time.perf_counter()
+    done = runner.run(suites, args.seeds, on_row=log)
+    bar.close()
+    print(
+        f"shard {args.shard.index}/{args.shard.count}: {done} run(s) in {(time.perf_counter() - started) / 60:.1f} "
+        f"min into {folder}/; when every shard is done, `run_experiments.py {' '.join(args.suites)} --merge` "
+        "writes the tables"
+    )
+    return 0
+
+
+def merge_shards(results_dir: Path) -> None:
+    """Add the runs of every shard folder under ``results_dir`` to its table, one line per shard."""
+    shards = sorted(path.parent for path in (results_dir / SHARDS_DIR).glob(f"*/{RUNS_FILE}"))
+    if not shards:
+        raise ResultsError(f"no shard results under {results_dir / SHARDS_DIR}/; run with --shard K/N first")
+    with RunStore(results_dir) as store:
+        for folder in shards:
+            added, skipped = store.merge(folder)
+            print(f"merged {folder}: {added} run(s) added, {skipped} already in {results_dir / RUNS_FILE}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     suites = expand_suites(args.suites)  # an unknown suite fails here, before any work
@@ -88,9 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir = args.results_dir or RESULTS_DIR / f"experiments{suffix}"
     models_dir = args.models_dir or Path("models") / f"experiments{suffix}"
     report = args.report or (None if args.quick else RESULTS_DIR / "REPORT.md")
+    if args.shard:
+        return run_shard(args, budget, results_dir / SHARDS_DIR / args.shard.folder_name, models_dir)
     migrated = upgrade(results_dir)  # a table of an unknown schema fails here, before any work
     if migrated:
         print(migrated)
+    if args.merge:
+        merge_shards(results_dir)
+        args.tables_only = True
 
     bar = tqdm(desc="runs", unit="run", dynamic_ncols=True, disable=None)  # no bar when not a terminal
 

@@ -23,6 +23,7 @@ number the defences' ``measures`` report, is recorded.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -37,7 +38,7 @@ from dpsnn.attacks.base import AttackTraining, MembershipScores, Reconstructions
 from dpsnn.attacks.best_of import DECODER_ATTACKS
 from dpsnn.checkpoints import VALIDATORS_DIR, load_attacker, load_classifier, save_checkpoint
 from dpsnn.data import DEFAULT_DATA_DIR, SYSTEM_DATA_DIR, Split, Splits, ensure_dataset, make_splits
-from dpsnn.errors import DataError, TrainingDiverged
+from dpsnn.errors import ConfigError, DataError, TrainingDiverged
 from dpsnn.evaluation import evaluate_attack, evaluate_classifier, evaluate_membership, reconstruct
 from dpsnn.experiments.store import SAMPLES_DIR, RunStore, current_code_version
 from dpsnn.experiments.suites import (
@@ -86,6 +87,48 @@ def available_dataset(name: str, data_dir: str | Path, system_dir: str | Path = 
     return True
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The ``index``-th of ``count`` deterministic parts of a grid (1-based): ``--shard 2/4``.
+
+    A run belongs to the shard its trained model hashes to (:func:`shard_of`), so every
+    attack on one model, and the decoders ``best-of`` reuses, stay in one shard. Whether a
+    suite's grid extends past its last value is decided in the shard that holds that last
+    value at seed 0, so the whole extension chain runs there; it also needs the undefended
+    run of seed 0, which that shard runs itself if another shard holds it (the merge then
+    keeps one copy).
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and isinstance(self.index, int) and 1 <= self.index <= self.count):
+            raise ConfigError(f"a shard is K/N with 1 <= K <= N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"2/4"`` as a shard; :class:`ConfigError` for anything else."""
+        index, slash, count = text.partition("/")
+        if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+            raise ConfigError(f"a shard is K/N with 1 <= K <= N (as in 2/4), got '{text}'")
+        return cls(int(index), int(count))
+
+    def owns(self, config: RunConfig) -> bool:
+        return shard_of(config, self.count) == self.index
+
+    @property
+    def folder_name(self) -> str:
+        """The shard's results folder under ``<results-dir>/shards/``: ``2-of-4``."""
+        return f"{self.index}-of-{self.count}"
+
+
+def shard_of(config: RunConfig, count: int) -> int:
+    """The shard (1..count) of ``config``: a stable hash of its model's key, the same on every machine."""
+    digest = hashlib.sha256(config.model_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
 @dataclass
 class ExperimentRunner:
     """Runs suites of :class:`RunConfig` on one dataset, recording each run in ``results_dir``."""
@@ -98,6 +141,7 @@ class ExperimentRunner:
     validators_dir: str | Path = VALIDATORS_DIR
     progress: bool = True
     say: Callable[[str], None] | None = print  # where a line such as "migrated ..." goes
+    shard: Shard | None = None  # run only this shard's part of every grid
 
     def __post_init__(self) -> None:
         self.results_dir, self.models_dir = Path(self.results_dir), Path(self.models_dir)
@@ -138,11 +182,26 @@ class ExperimentRunner:
                 self.say(store.migrated)
             for seed in range(seeds):
                 for config in self.planned(suites, seed):
-                    done_now += self._run_once(config, store, on_row)
+                    if self.shard is None or self.shard.owns(config):
+                        done_now += self._run_once(config, store, on_row)
                 for suite in suites:
+                    if not self._owns_extensions(suite):
+                        continue
+                    if self.shard is not None and seed == 0:  # the chain's decisions need the undefended run
+                        done_now += self._run_once(undefended_config(self.dataset, self.budget, 0), store, on_row)
                     for config in self._extensions(suite, seed, store):
                         done_now += self._run_once(config, store, on_row)
         return done_now
+
+    def _owns_extensions(self, suite: str) -> bool:
+        """Whether this runner decides and runs ``suite``'s extension values (always, unless sharded)."""
+        entry = SUITES[suite]
+        if not entry.extension_configs(self.dataset, self.budget, 0):
+            return False
+        if self.shard is None:
+            return True
+        grid = entry.configs(self.dataset, self.budget, 0)
+        return bool(grid) and self.shard.owns(grid[-1])
 
     def _extensions(self, suite: str, seed: int, store: RunStore) -> Iterable[RunConfig]:
         """The extension values of ``suite`` for ``seed``, decided one at a time."""

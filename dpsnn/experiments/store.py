@@ -26,6 +26,7 @@ import math
 import numbers
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpsnn.errors import DpsnnError, ResultsError
 from dpsnn.experiments.suites import RunConfig
-from dpsnn.files import release_lock, try_lock
+from dpsnn.files import atomic_path, release_lock, try_lock
 from dpsnn.results import format_cell, read_table, write_table
 
 if TYPE_CHECKING:
@@ -341,6 +342,39 @@ class RunStore:
         self._header = header
         self._rows = [{c: old.get(c, math.nan) for c in header} for old in self._rows]
         self._rows.append(_parse({column: str(format_cell(row.get(column, ""))) for column in header}))
+
+    def merge(self, folder: str | Path) -> tuple[int, int]:
+        """Add the runs recorded in another results folder (a shard's) that this table lacks; ``(added, skipped)``.
+
+        ``folder``'s table is checked as any table is read; a run whose key is here already
+        is skipped, never recorded twice (shards that each ran a run another needed hold it
+        twice). The added runs' kept samples are copied along; the table is written once,
+        atomically, so an interrupted merge leaves it as it was.
+        """
+        folder = Path(folder)
+        source = folder / RUNS_FILE
+        header, rows = read_table(source)
+        if not header:
+            return 0, 0
+        check_table(source, header, rows)
+        _parse_all(source, rows)  # every number readable, before anything is written
+        finished, new = self.finished(), []
+        for row in rows:
+            if row["key"] not in finished:
+                finished.add(row["key"])
+                new.append(row)
+        if new:
+            for row in new:
+                samples = folder / SAMPLES_DIR / f"{row['key']}.pt"
+                if samples.is_file():
+                    with atomic_path(self.folder / SAMPLES_DIR / samples.name) as partial:
+                        shutil.copyfile(samples, partial)
+            columns = list(self._header) or list(header)
+            columns += [column for column in header if column not in columns]
+            write_table(self.path, [*self._raw_rows(), *new], columns)
+            self._header, raw = columns, read_table(self.path)[1]
+            self._rows = _parse_all(self.path, raw)
+        return len(new), len(rows) - len(new)
 
     def _raw_rows(self) -> list[dict[str, str]]:
         return read_table(self.path)[1]
