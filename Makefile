@@ -54,11 +54,11 @@ test-all: setup dataset
 	$(BIN)/python -m pytest -m ''
 
 lint: setup
-	$(BIN)/ruff check dpsnn scripts tests benchmarks
-	$(BIN)/ruff format --check dpsnn scripts tests benchmarks
+	$(BIN)/ruff check dpsnn scripts tests benchmarks notebooks
+	$(BIN)/ruff format --check dpsnn scripts tests benchmarks notebooks
 
 format: setup
-	$(BIN)/ruff format dpsnn scripts tests benchmarks
+	$(BIN)/ruff format dpsnn scripts tests benchmarks notebooks
 
 bench: setup dataset
 	$(BIN)/python benchmarks/bench_nopeek.py
