@@ -102,10 +102,17 @@ def describe(row: dict) -> str:
     return f"{what}  ({seconds:.0f} s)"
 
 
-def run_shard(args: Any, budget: Budget, folder: Path, models_dir: Path) -> int:
-    """Run one shard's part of the grid into its own folder; tables come from the merge."""
+def run_shard(args: Any, budget: Budget, results_dir: Path, models_dir: Path) -> int:
+    """Run one shard's part of the grid into its own folder; tables come from the merge.
+
+    Runs already in ``results_dir``'s own table (merged earlier, or run unsharded) are not run again.
+    """
     suites = expand_suites(args.suites)
-    upgrade(folder)
+    folder = results_dir / SHARDS_DIR / args.shard.folder_name
+    for table in (results_dir, folder):
+        migrated = upgrade(table)  # a table of an unknown schema fails here, before any work
+        if migrated:
+            print(migrated)
     bar = tqdm(desc=f"shard {args.shard.index}/{args.shard.count}", unit="run", dynamic_ncols=True, disable=None)
 
     def log(row: dict) -> None:
@@ -113,7 +120,14 @@ def run_shard(args: Any, budget: Budget, folder: Path, models_dir: Path) -> int:
         bar.write(describe(row))
 
     runner = ExperimentRunner(
-        budget, args.dataset, folder, models_dir, args.data_dir, progress=args.progress, shard=args.shard
+        budget,
+        args.dataset,
+        folder,
+        models_dir,
+        args.data_dir,
+        progress=args.progress,
+        shard=args.shard,
+        read_also=(results_dir,),
     )
     started = time.perf_counter()
     done = runner.run(suites, args.seeds, on_row=log)
@@ -150,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models_dir = args.models_dir or Path("models") / f"experiments{suffix}"
     report = args.report or (None if args.quick else RESULTS_DIR / "REPORT.md")
     if args.shard:
-        return run_shard(args, budget, results_dir / SHARDS_DIR / args.shard.folder_name, models_dir)
+        return run_shard(args, budget, results_dir, models_dir)
     migrated = upgrade(results_dir)  # a table of an unknown schema fails here, before any work
     if migrated:
         print(migrated)

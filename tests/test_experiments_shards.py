@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_experiments_runner import TINY_FLAGS, script_in_process
+from test_experiments_runner import TINY_FLAGS, run_in_process, script_in_process
 
 from dpsnn.errors import ConfigError
 from dpsnn.experiments.runner import Shard, shard_of
@@ -84,25 +84,28 @@ def test_shards_merged_hold_exactly_the_runs_of_one_unsharded_run(tmp_path, tiny
 
 def test_the_script_runs_a_shard_into_its_folder_then_merges(tmp_path, data_root, monkeypatch, capsys):
     results = tmp_path / "results"
-    common = ["plain", "--quick", "--seeds", "2", *TINY_FLAGS, "--data-dir", str(data_root)]
+    common = ["plain", "--quick", *TINY_FLAGS, "--data-dir", str(data_root)]
     common += ["--results-dir", str(results), "--models-dir", str(tmp_path / "models")]
     code, captured = script_in_process([*common, "--merge"], monkeypatch, capsys)
     assert code == 1 and captured.err.strip().splitlines() == [
         f"run_experiments.py: error: no shard results under {results / 'shards'}/; run with --shard K/N first"
     ]
+    run_in_process([*common, "--seeds", "1"], monkeypatch, capsys)  # seed 0 unsharded, into the merged table
+    before = (results / RUNS_FILE).read_bytes()
     for index in (1, 2):
-        code, captured = script_in_process([*common, "--shard", f"{index}/2"], monkeypatch, capsys)
-        assert code == 0, captured.err[-2000:]
-        assert f"shard {index}/2:" in captured.out and "--merge" in captured.out
-    assert not (results / RUNS_FILE).exists()  # a shard writes only its own folder
+        out = run_in_process([*common, "--seeds", "2", "--shard", f"{index}/2"], monkeypatch, capsys)
+        assert f"shard {index}/2:" in out and "--merge" in out
+    assert (results / RUNS_FILE).read_bytes() == before  # a shard writes only its own folder
+    sharded = []
     for index in (1, 2):
         for row in read_runs(results / "shards" / f"{index}-of-2"):
             assert shard_of(RunConfig.from_row(row), 2) == index
-    code, captured = script_in_process([*common, "--merge"], monkeypatch, capsys)
-    assert code == 0, captured.err[-2000:]
+            sharded.append(row["seed"])
+    assert sharded == [1]  # seed 0 was in the merged table already: no shard ran it again
+    out = run_in_process([*common, "--seeds", "2", "--merge"], monkeypatch, capsys)
     written = sorted((results / "shards").glob(f"*/{RUNS_FILE}"))  # a shard that owned no run writes no table
-    assert captured.out.count("merged ") == len(written) >= 1
-    assert len(read_runs(results)) == 2 and (results / "summary.csv").is_file()
+    assert out.count("merged ") == len(written) == 1
+    assert sorted(row["seed"] for row in read_runs(results)) == [0, 1] and (results / "summary.csv").is_file()
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,7 @@ class ExperimentRunner:
     progress: bool = True
     say: Callable[[str], None] | None = print  # where a line such as "migrated ..." goes
     shard: Shard | None = None  # run only this shard's part of every grid
+    read_also: tuple[Path, ...] = ()  # results folders whose runs count as done (a shard: the merged table)
 
     def __post_init__(self) -> None:
         self.results_dir, self.models_dir = Path(self.results_dir), Path(self.models_dir)
@@ -177,7 +178,7 @@ class ExperimentRunner:
         """
         suites = expand_suites(suites)
         done_now = 0
-        with RunStore(self.results_dir) as store:
+        with RunStore(self.results_dir, read_also=self.read_also) as store:
             if store.migrated and self.say:
                 self.say(store.migrated)
             for seed in range(seeds):

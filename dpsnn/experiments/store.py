@@ -281,10 +281,14 @@ class RunStore:
     """The runs table of one results folder, held under an exclusive lock.
 
     Entering it migrates a schema-1 table (``migrated`` then holds the line saying so).
+    ``read_also`` names other results folders whose runs count as finished here too, read
+    once on entering and never written (a shard's view of the merged table it adds to).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, read_also: Sequence[str | Path] = ()) -> None:
         self.folder = Path(folder)
+        self.read_also = [Path(other) for other in read_also]
+        self._others: list[dict[str, Any]] = []
         self.path = self.folder / RUNS_FILE
         self.migrated: str | None = None
         self._lock_file: Any = None
@@ -299,6 +303,7 @@ class RunStore:
             if header:
                 check_table(self.path, header, rows)
             self._header, self._rows = list(header), _parse_all(self.path, rows)
+            self._others = [row for other in self.read_also for row in read_runs(other)]
         except BaseException:
             release_lock(self._lock_file)
             raise
@@ -313,10 +318,12 @@ class RunStore:
         return metrics_of(self._header) if self._header else list(STANDARD_METRICS)
 
     def finished(self) -> set[str]:
-        return {row["key"] for row in self._rows}
+        """The keys of the runs recorded here (or in the ``read_also`` folders)."""
+        return {row["key"] for row in (*self._rows, *self._others)}
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return next((row for row in self._rows if row["key"] == key), None)
+        """The run ``key`` as recorded here (or in the ``read_also`` folders), or None."""
+        return next((row for row in (*self._rows, *self._others) if row["key"] == key), None)
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Record one finished run; the table on disk is replaced atomically.
@@ -325,7 +332,7 @@ class RunStore:
         measured). A metric the table lacks adds its column and ``_se`` twin at the end.
         """
         if row["key"] in self.finished():
-            raise ResultsError(f"run {row['key']} is already recorded in {self.path}")
+            raise ResultsError(f"run {row['key']} is already recorded in {self.path} or a folder it reads")
         metrics: list[str] = []
         for column in (c for c in row if c not in RUN_COLUMNS):
             value = row[column]
