@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpsnn.architectures import ClientNet, ServerNet, build_split, canonical_architecture, check_input_shape
+from dpsnn.architectures import (
+    ClientNet,
+    ServerNet,
+    build_split,
+    canonical_architecture,
+    check_input_shape,
+    intermediate_shape,
+)
 from dpsnn.defences import Defence, Laplace, NoPeek, canonical, check, defence_from, normalise
 from dpsnn.defences.dp import privacy_of
 from dpsnn.errors import ConfigError
@@ -179,6 +186,11 @@ class SplitNN(_Classifier):
         specs = normalise(check([defence_from(d) for d in defences]))
         self._wire_defences = tuple(d for d in specs if d.wire() is not None)
         self.wire = Wire(*(d.wire() for d in self._wire_defences))
+        learned = [module for module in self.wire if hasattr(module, "build")]
+        if learned:  # a wire with weights of its own (vib) is built for the client's output
+            shape = intermediate_shape(self.client, self.hparams.input_shape)
+            for module in learned:
+                module.build(shape)
 
     def set_noise(self, scale: float) -> None:
         """Replace the wire with Laplace noise of ``scale`` (the reference interface's post-training noise)."""
@@ -228,6 +240,9 @@ class SplitNN(_Classifier):
         terms: dict[str, Tensor] = {}
         for defence in self.defences:
             terms |= defence.loss_terms(x, h, logits, y)
+        for module in self.wire:  # a learned wire's own terms, from the forward pass above (vib's KL)
+            if hasattr(module, "loss_terms"):
+                terms |= module.loss_terms()
         if self.training:  # each example's loss, for DP-SGD's ghost clipping (batch-level terms added to each)
             self._per_sample_loss = per_sample + sum(terms.values())
         measured = {

@@ -227,6 +227,10 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     for defence in model.defences:
         for term in defence.loss_terms(x, h, logits, y).values():
             loss = loss + term
+    for module in model.wire:  # a learned wire's own terms (vib's KL), as SplitNN's step adds them
+        if hasattr(module, "loss_terms"):
+            for term in module.loss_terms().values():
+                loss = loss + term
     return loss
 
 

@@ -263,8 +263,9 @@ def test_a_malformed_message_is_refused_in_one_line(tmp_path, data_root):
 
 
 def test_defences_that_need_the_single_process_trainer_are_refused():
-    assert [d.name for d in two_party_defences(["laplace:scale=0.5", "nopeek:weight=0.1"])] == ["laplace", "nopeek"]
-    for spec in ("dp:epsilon=4", "suppress:sparse_end=0.5"):
+    fine = ["laplace:scale=0.5", "nopeek:weight=0.1", "class-collapse:weight=1,smoothing=0"]
+    assert [d.name for d in two_party_defences(fine)] == ["laplace", "nopeek", "class-collapse"]
+    for spec in ("dp:epsilon=4", "suppress:sparse_end=0.5", "vib:beta=0.01", "class-collapse:weight=1,smoothing=0.1"):
         with pytest.raises(ConfigError, match="needs the single-process trainer"):
             two_party_defences([spec])
 

@@ -7,7 +7,8 @@ checked in ``__post_init__``, and it is registered under a name with
 ===============================  ================================================
 hook                             used by
 ===============================  ================================================
-``wire()``                       a module on the wire, in training and inference
+``wire()``                       a module on the wire, in training and inference (it may
+                                 learn, with ``build(shape)`` and ``loss_terms()``: vib)
 ``loss_terms(x, h, logits, y)``  terms added to the client's loss (NoPeek)
 ``wrap(part, optimizer, loader)``    optimiser and data wrappers (DP-SGD)
 ``check_parts(parts)``           refuse a model the defence cannot work on
@@ -84,12 +85,21 @@ class Defence:
     # -- hooks ------------------------------------------------------------------------
 
     def wire(self) -> nn.Module | None:
-        """A module applied to what crosses the wire (train and inference alike), or None."""
+        """A module applied to what crosses the wire (train and inference alike), or None.
+
+        A wire with weights of its own may define ``build(intermediate_shape)``, which the
+        split network calls with its client's output shape before training, and
+        ``loss_terms()``, the terms its last training forward pass adds to the loss (vib's KL).
+        """
         return None
 
     def loss_terms(self, x: Tensor, h: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Named terms added to the training loss; ``h`` is the client's output before the wire."""
         return {}
+
+    def needs_logits(self) -> bool:
+        """Whether :meth:`loss_terms` reads the server's ``logits`` (a client alone, across two parties, has none)."""
+        return False
 
     def wrap(self, part: nn.Module, optimizer: Any, loader: Any, epochs: int | None = None) -> tuple[Any, Any]:
         """Return the optimiser and loader to train with (the identity unless the defence wraps them).

@@ -109,6 +109,9 @@ class ClassCollapse(Defence):
             raise ConfigError(f"class-collapse smoothing must be in [0, 1), got {self.smoothing!r}")
         object.__setattr__(self, "smoothing", smoothing)
 
+    def needs_logits(self) -> bool:
+        return self.weight > 0 and self.smoothing > 0  # label smoothing acts on the server's logits
+
     def loss_terms(self, x: Tensor, h: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
         if self.weight == 0.0:
             return {}

@@ -121,10 +121,12 @@ def two_party_defences(defences: Iterable[Defence | str]) -> tuple[Defence, ...]
     for spec in specs:
         if spec.is_identity():
             continue
-        if type(spec).wrap is not Defence.wrap or spec.callbacks():
+        wire = spec.wire()
+        if type(spec).wrap is not Defence.wrap or spec.callbacks() or hasattr(wire, "build") or spec.needs_logits():
             raise ConfigError(
-                f"defence '{spec.name}' needs the single-process trainer (train_model.py): across two parties "
-                "dpsnn runs the defences on the wire and in the client's loss (laplace, nopeek)"
+                f"defence '{spec.label()}' needs the single-process trainer (train_model.py): across two parties "
+                "dpsnn runs fixed wire defences and client loss terms of the input, the client's output and the "
+                "labels (laplace, nopeek, class-collapse without smoothing)"
             )
     return specs
 
