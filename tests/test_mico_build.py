@@ -288,7 +288,10 @@ def test_models_trained_together_equal_those_trained_one_by_one_and_alone(togeth
     task, scenarios, data = together
     stacked = weights(task, scenario)
     assert len(stacked) == 4
-    for strategy, group_size in (("one-by-one", 50), ("together", 1)):  # the same arithmetic; groups of one
+    # The same arithmetic, summed in another order: float32 rounding, which Adam magnifies where a gradient is
+    # near zero, moves a few weights by up to about 5e-5 (seen with one torch thread); a model trained on other
+    # data or in another order differs by far more than the tolerance.
+    for strategy, group_size in (("one-by-one", 50), ("together", 1)):  # groups of one
         output = tmp_path / f"{strategy}-{group_size}"
         build_task(output, build_settings(), scenarios, 4, strategy=strategy, group_size=group_size, **data)
         alone = weights(output / "mnist", scenario)
@@ -299,7 +302,7 @@ def test_models_trained_together_equal_those_trained_one_by_one_and_alone(togeth
                     tensor,
                     stacked[model][name],
                     rtol=1e-4,
-                    atol=1e-5,
+                    atol=2e-4,
                     msg=lambda m, where=f"{strategy} {group_size} {model} {name}": f"{where}: {m}",
                 )
     first, second = (stacked[name]["client.1.weight"] for name in ("model_0", "model_1"))
