@@ -171,6 +171,12 @@ class SplitNN(_Classifier):
         for defence in specs:
             defence.check_parts({"client": client, "server": server})
         self.set_wire(specs)
+        # What defences train beside the model (a proxy attacker): a tuple, so not submodules, never saved.
+        self.companions: tuple[Any, ...] = tuple(c for c in (d.companion() for d in specs) if c is not None)
+        if self.companions:
+            shape = intermediate_shape(self.client, self.hparams.input_shape)
+            for companion in self.companions:
+                companion.build(shape, tuple(self.hparams.input_shape), int(self.hparams.num_classes))
 
     @property
     def wire_defences(self) -> tuple[Defence, ...]:
@@ -243,6 +249,9 @@ class SplitNN(_Classifier):
         for module in self.wire:  # a learned wire's own terms, from the forward pass above (vib's KL)
             if hasattr(module, "loss_terms"):
                 terms |= module.loss_terms()
+        if self.training:
+            for companion in self.companions:  # trained on this batch, then the client's penalty
+                terms |= companion.loss_terms(x, h, y)
         if self.training:  # each example's loss, for DP-SGD's ghost clipping (batch-level terms added to each)
             self._per_sample_loss = per_sample + sum(terms.values())
         measured = {

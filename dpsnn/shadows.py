@@ -231,6 +231,9 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if hasattr(module, "loss_terms"):
             for term in module.loss_terms().values():
                 loss = loss + term
+    for companion in getattr(model, "companions", ()):  # a proxy attacker, refitted on this batch
+        for term in companion.loss_terms(x, h, y).values():
+            loss = loss + term
     return loss
 
 
@@ -260,6 +263,8 @@ def choose_strategy(model: nn.Module) -> str:
     network (vmap runs its convolutions per shadow, with the stacking as extra work). On a GPU
     the stacked step is the fast one.
     """
+    if getattr(model, "companions", ()):
+        return "one-by-one"  # a proxy attacker takes optimiser steps of its own: no vmapped step can hold it
     parameter = next(model.parameters(), None)
     on_cpu = parameter is None or parameter.device.type == "cpu"
     convolutional = any(isinstance(module, nn.modules.conv._ConvNd) for module in model.modules())
@@ -342,6 +347,8 @@ def train_scheduled(
         )
     if strategy == "auto":
         strategy = choose_strategy(models[0])
+    if strategy == "together" and getattr(models[0], "companions", ()):
+        raise ConfigError("models whose defence trains a proxy attacker beside them (adversarial) train one by one")
     train = _train_together if strategy == "together" else _train_one_by_one
     return train(models, images, labels, schedule, recipe, progress, on_epoch, desc)
 

@@ -189,10 +189,13 @@ def test_example_strength_changes_something(name, batch):
         "loss": any(float(term.detach()) != 0.0 for term in terms.values()),
         "wrap": wrapped[0] is not optimizer or wrapped[1] is not loader,
         "callbacks": bool(spec.callbacks()),
+        "companion": spec.companion() is not None,
     }
     assert any(changes.values()), f"{spec.spec()} changes nothing: {changes}"
     if changes["loss"]:
         assert defended._step((x, y))["loss"] != plain._step((x, y))["loss"]
+    if changes["companion"]:  # trained beside the model, it reports a term of its own at every training step
+        assert set(defended._step((x, y))) > set(plain._step((x, y)))
 
 
 # -- plain data and round trips ---------------------------------------------------------------

@@ -10,6 +10,7 @@ hook                             used by
 ``wire()``                       a module on the wire, in training and inference (it may
                                  learn, with ``build(shape)`` and ``loss_terms()``: vib)
 ``loss_terms(x, h, logits, y)``  terms added to the client's loss (NoPeek)
+``companion()``                  state trained beside the model, never saved (a proxy attacker)
 ``wrap(part, optimizer, loader)``    optimiser and data wrappers (DP-SGD)
 ``check_parts(parts)``           refuse a model the defence cannot work on
 ``callbacks()``                  Lightning callbacks (pruning schedules)
@@ -96,6 +97,16 @@ class Defence:
     def loss_terms(self, x: Tensor, h: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Named terms added to the training loss; ``h`` is the client's output before the wire."""
         return {}
+
+    def companion(self) -> Any:
+        """An object the split network keeps beside its parts for this defence, or None (the default).
+
+        It is built with ``build(intermediate_shape, input_shape, num_classes)`` and asked for
+        ``loss_terms(x, h, y)`` at every training step; it is not a submodule, so nothing of
+        it is optimised with the model or saved in a checkpoint (the adversarial defence's
+        proxy attacker).
+        """
+        return None
 
     def needs_logits(self) -> bool:
         """Whether :meth:`loss_terms` reads the server's ``logits`` (a client alone, across two parties, has none)."""

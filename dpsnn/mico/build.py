@@ -223,10 +223,14 @@ def scenarios_for(dataset: str, epsilons: Iterable[float], defences: Iterable[De
 def stackable(defences: Sequence[Defence]) -> bool:
     """Whether models with ``defences`` can be trained stacked: each acts only through the wire and loss terms.
 
-    A defence that wraps the optimiser or the loader (DP-SGD) or needs Lightning callbacks
-    (suppress-privacy) is trained by :func:`~dpsnn.training.train_classifier`, one model at a time.
+    A defence that wraps the optimiser or the loader (DP-SGD), needs Lightning callbacks
+    (suppress-privacy) or trains a companion beside the model (adversarial) is trained by
+    :func:`~dpsnn.training.train_classifier`, one model at a time.
     """
-    return all(type(d).wrap is Defence.wrap and type(d).callbacks is Defence.callbacks for d in defences)
+    return all(
+        type(d).wrap is Defence.wrap and type(d).callbacks is Defence.callbacks and d.companion() is None
+        for d in defences
+    )
 
 
 def trainer_of(scenario: Scenario) -> str:

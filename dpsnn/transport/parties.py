@@ -122,7 +122,8 @@ def two_party_defences(defences: Iterable[Defence | str]) -> tuple[Defence, ...]
         if spec.is_identity():
             continue
         wire = spec.wire()
-        if type(spec).wrap is not Defence.wrap or spec.callbacks() or hasattr(wire, "build") or spec.needs_logits():
+        learned = hasattr(wire, "build") or spec.companion() is not None
+        if type(spec).wrap is not Defence.wrap or spec.callbacks() or learned or spec.needs_logits():
             raise ConfigError(
                 f"defence '{spec.label()}' needs the single-process trainer (train_model.py): across two parties "
                 "dpsnn runs fixed wire defences and client loss terms of the input, the client's output and the "
