@@ -332,3 +332,20 @@ def test_each_finished_run_is_one_line_whatever_its_attack_measures():
     assert describe(inversion) == "ok       a  acc 0.8900  SSIM gap +0.280  (3 s)"
     assert describe(membership) == "ok       b  acc 0.8900  AUC 0.610  (2 s)"
     assert describe({"status": "diverged", "key": "c"}) == "diverged c  (0 s)"
+
+
+def test_a_one_point_grid_stops_after_the_first_value_that_costs_more_than_a_point(tmp_path, tiny_runner):
+    runner = tiny_runner(tmp_path)
+    plain = undefended_config("fashion-mnist", runner.budget, 0)
+    suite = SUITES["vib"]
+    weak, strong = (
+        suite.configs("fashion-mnist", runner.budget)[-1],
+        suite.extension_configs("fashion-mnist", runner.budget)[0],
+    )
+    with RunStore(runner.results_dir) as store:
+        for config, accuracy in ((plain, 0.890), (weak, 0.885), (strong, 0.870)):
+            store.add({"key": config.key, "status": "ok", "seed": 0, "accuracy": accuracy})
+        grid = suite.grid(runner.budget)
+        assert not runner._has_collapsed(weak, store, grid)  # half a point: the sweep goes on
+        assert runner._has_collapsed(strong, store, grid)  # two points: it stops here
+        assert not runner._has_collapsed(strong, store)  # where the collapse rule would go on

@@ -23,6 +23,7 @@ from dpsnn.experiments.store import (
     upgrade,
 )
 from dpsnn.experiments.suites import (
+    FLOOR_NOISE,
     FULL,
     QUICK,
     SUITES,
@@ -108,6 +109,12 @@ def test_all_expands_to_every_suite_once_and_unknown_suites_are_refused():
         "dp",
         "dp-adaptive",
         "suppress",
+        "class-collapse",
+        "class-collapse+noise",
+        "vib",
+        "vib+noise",
+        "adversarial",
+        "adversarial+noise",
         "attacks",
     ]
     assert expand_suites(["noise", "all", "noise"]) == list(SUITES)
@@ -131,6 +138,9 @@ def test_the_undefended_setting_belongs_to_every_suite_but_aux_shift():
         "data-volume",
         "dp",
         "suppress",
+        "class-collapse",
+        "vib",
+        "adversarial",
         "attacks",
     ]
     large_noise = RunConfig("fashion-mnist", 0, (Laplace(30.0),), aux_size=FULL.aux_size)
@@ -512,3 +522,27 @@ def test_the_suppress_verdict_compares_the_front_with_dp():
     assert "holds here within the standard errors" in verdict and "DP-SGD ε 4, C 1 (accuracy" in verdict
     far = _defended_runs(("suppress:sparse_end=0.9,end_epoch=2,mask_times=10",), (0.40, 0.40, 0.40), 0.87, "s9")
     assert "holds only in part" in report_module.suppress_verdict(summarise(plain + dp + far))
+
+
+def test_the_one_point_rule_stops_at_the_first_strength_that_costs_more_than_a_point():
+    grid = Grid((0.0, 1.0), extension=(3.0,), stop="one-point")
+    assert not grid.stops(0.885, 0.89, 10)  # half a point: keep going
+    assert grid.stops(0.875, 0.89, 10)  # a point and a half: stop
+    assert not Grid((0.0,)).stops(0.875, 0.89, 10)  # the collapse rule would go on
+    with pytest.raises(ConfigError, match="stops growing on collapse or one-point"):
+        Grid((0.0,), stop="never")
+
+
+@pytest.mark.parametrize("name", ["class-collapse", "vib", "adversarial"])
+def test_each_floor_defence_has_a_suite_alone_and_one_with_small_noise(name):
+    alone, noisy = SUITES[name], SUITES[f"{name}+noise"]
+    for suite, noise in ((alone, 0.0), (noisy, FLOOR_NOISE)):
+        grid = suite.grid(FULL)
+        assert grid.stop == "one-point" and grid.extension
+        configs = suite.configs("fashion-mnist", FULL) + suite.extension_configs("fashion-mnist", FULL)
+        strengths = [suite.values(config)[0] for config in configs]
+        assert strengths == sorted(strengths) and strengths[0] == 0.0
+        for config in configs:
+            assert [d for d in config.defences if d.name == "laplace"] == ([Laplace(scale=noise)] if noise else [])
+        assert configs[0].defences == (() if not noise else (Laplace(scale=noise),))  # strength 0: the defence off
+    assert "all" not in SUITES and name in expand_suites(["all"]) and f"{name}+noise" in expand_suites(["all"])

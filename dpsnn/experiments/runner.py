@@ -45,6 +45,7 @@ from dpsnn.experiments.suites import (
     OTHER_DATASET,
     SUITES,
     Budget,
+    Grid,
     RunConfig,
     collapsed,
     expand_suites,
@@ -218,18 +219,22 @@ class ExperimentRunner:
                 continue
             tried = grid + entry.extension_configs(self.dataset, self.budget, first_seed)
             previous = tried[tried.index(at_first_seed) - 1]
-            if self._has_collapsed(previous, store):
+            if self._has_collapsed(previous, store, entry.grid(self.budget)):
                 return
             yield config
 
-    def _has_collapsed(self, config: RunConfig, store: RunStore) -> bool:
+    def _has_collapsed(self, config: RunConfig, store: RunStore, grid: Grid | None = None) -> bool:
+        """Whether ``config``'s run ends its suite's extension (by ``grid``'s stop rule; collapse by default)."""
         row = store.get(config.key)
         plain = store.get(undefended_config(self.dataset, self.budget, config.seed).key)
         if row is None or plain is None:
             return True  # nothing to extend from
         if row["status"] != "ok" or math.isnan(row["accuracy"]):
             return True
-        return collapsed(row["accuracy"], plain["accuracy"], self.splits(self.dataset, config.seed).num_classes)
+        num_classes = self.splits(self.dataset, config.seed).num_classes
+        if grid is None:
+            return collapsed(row["accuracy"], plain["accuracy"], num_classes)
+        return grid.stops(row["accuracy"], plain["accuracy"], num_classes)
 
     def _run_once(self, config: RunConfig, store: RunStore, on_row: Callable[[dict[str, Any]], None] | None) -> int:
         if config.key in store.finished():

@@ -268,12 +268,30 @@ def undefended_config(dataset: str, budget: Budget, seed: int = 0) -> RunConfig:
     return RunConfig(dataset, seed, aux_size=budget.aux_size)
 
 
+#: When a grid stops growing: accuracy has ``collapsed`` (:func:`collapsed`), or has lost more than
+#: :data:`ONE_POINT` against the undefended model (``one-point``: the sweep the defences aimed at the
+#: label-only floor need, up to the first strength that costs more than a point).
+STOP_RULES = ("collapse", "one-point")
+ONE_POINT = 0.01
+
+
 @dataclass(frozen=True)
 class Grid:
-    """The values a suite measures; ``extension`` values follow, one at a time, while accuracy holds."""
+    """The values a suite measures; ``extension`` values follow, one at a time, until ``stop`` says so."""
 
     values: tuple[Any, ...]
     extension: tuple[Any, ...] = ()
+    stop: str = "collapse"
+
+    def __post_init__(self) -> None:
+        if self.stop not in STOP_RULES:
+            raise ConfigError(f"a grid stops growing on {' or '.join(STOP_RULES)}, got '{self.stop}'")
+
+    def stops(self, accuracy: float, undefended_accuracy: float, num_classes: int) -> bool:
+        """Whether a value that reached ``accuracy`` ends the extension (its rule against the undefended model)."""
+        if self.stop == "one-point":
+            return accuracy < undefended_accuracy - ONE_POINT
+        return collapsed(accuracy, undefended_accuracy, num_classes)
 
 
 @dataclass(frozen=True)
@@ -639,6 +657,56 @@ register_suite(
         curves=(ACCURACY_PANEL, SSIM_PANEL),
     )
 )
+
+
+# -- the defences aimed at the label-only floor ------------------------------------------------------
+
+#: Each such defence's setting in its suites (its strength is what the grid sweeps), and its sweep:
+#: the fixed grid, then stronger values one at a time until accuracy has lost more than a point.
+FLOOR_DEFENCES: dict[str, tuple[dict[str, Any], tuple[float, ...], tuple[float, ...]]] = {
+    "class-collapse": ({"loss": "centre", "smoothing": 0.1}, (0.0, 0.3, 1.0, 3.0), (10.0, 30.0, 100.0)),
+    "vib": ({}, (0.0, 1e-4, 1e-3, 1e-2), (0.1, 1.0)),
+    "adversarial": ({}, (0.0, 0.3, 1.0, 3.0), (10.0, 30.0)),
+}
+#: The small Laplace noise each of them is also measured with: about no accuracy on its own.
+FLOOR_NOISE = 0.1
+
+
+def floor_defence(name: str, noise: float = 0.0) -> Callable[[Context, Any], RunConfig]:
+    """A suite's setting: defence ``name`` (with its suite parameters) at the grid's strength, plus Laplace noise."""
+    fixed, _, _ = FLOOR_DEFENCES[name]
+
+    def setting(context: Context, strength: float) -> RunConfig:
+        defences = [make_defence(name, {**fixed, defence_class(name).strength: strength})]
+        if noise:
+            defences.append(make_defence("laplace", {"scale": noise}))
+        return replace(context.undefended(), defences=tuple(defences))
+
+    return setting
+
+
+for _name, (_fixed, _values, _extension) in FLOOR_DEFENCES.items():
+    _strength = defence_class(_name).strength
+    _axis = Axis(f"{_name.replace('-', '_')}_{_strength}", f"{_name} {_strength}", defence_param(_name), log=True)
+    _grids = {
+        "full": Grid(_values, extension=_extension, stop="one-point"),
+        "quick": Grid((_values[0], _values[2]), extension=(_extension[0],), stop="one-point"),
+    }
+    _settings = ", ".join(f"{key} {value}" for key, value in _fixed.items())
+    for _noise in (0.0, FLOOR_NOISE):
+        register_suite(
+            Suite(
+                _name if not _noise else f"{_name}+noise",
+                f"{_name} ({_settings + '; ' if _settings else ''}{_strength} swept until accuracy has lost more "
+                f"than a point)" + (f", with Laplace noise {_noise:g} on the wire" if _noise else ""),
+                _name if not _noise else f"{_name} + noise {_noise:g}",
+                floor_defence(_name, _noise),
+                _grids,
+                axes=(_axis,),
+                frontier=True,
+                curves=(ACCURACY_PANEL, SSIM_PANEL),
+            )
+        )
 
 
 # -- every defence against every attack ---------------------------------------------------------
