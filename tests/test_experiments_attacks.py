@@ -1,15 +1,18 @@
 """The attacks suite: every defence against every attack, best-of on its neighbours' decoders, and its tables."""
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
+import torch
+from torch import nn
 
 from dpsnn.attacks import AttackTraining
 from dpsnn.attacks.best_of import DECODER_ATTACKS
 from dpsnn.attacks.inversion import DecoderAttack
 from dpsnn.attacks.whitebox import WhiteBoxInversion
-from dpsnn.experiments.report import attacks_verdict, defence_attack_table, report_blocks
+from dpsnn.defences import DEFENCES, Defence, register_defence
+from dpsnn.experiments.report import attacks_verdict, defence_attack_table, report_blocks, strongest
 from dpsnn.experiments.suites import (
     ATTACKED_SETTINGS,
     FULL,
@@ -149,3 +152,54 @@ def test_the_attack_tables_say_when_nothing_was_measured(monkeypatch):
     one_seed = [{**_summary_row("none", "decoder-ssim", 0.89, gaps=(0.28, math.nan)), "n_seeds": 1}]
     monkeypatch.setattr("dpsnn.experiments.report.suite_table", lambda summary, suite: list(summary))
     assert "too few seeds" in attacks_verdict(one_seed)
+
+
+@pytest.fixture
+def negating_defence():
+    """A test-only defence whose wire sends ``-h``: registered for the test and removed after it."""
+
+    class Negate(nn.Module):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return -h
+
+    @register_defence("toy-negate")
+    @dataclass(frozen=True)
+    class ToyNegate(Defence):
+        on: float = 0.0
+        strength = "on"
+
+        def wire(self) -> nn.Module | None:
+            return None if self.on == 0 else Negate()
+
+    try:
+        yield ToyNegate
+    finally:
+        DEFENCES.pop("toy-negate", None)
+
+
+def test_a_defence_that_fools_one_attack_is_scored_by_the_attack_it_does_not_fool(
+    tmp_path, tiny_runner, negating_defence, monkeypatch
+):
+    """The negating wire fools the white-box attack, which inverts the client alone and so matches ``-h`` with
+    ``client(x)``; a decoder, fitted on what the server sees, learns the sign. The defence's reported SSIM
+    gap must be the decoder's, the strongest attack tried on it."""
+    runner = tiny_runner(tmp_path, attack_steps=150, test_size=64)
+    toy = negating_defence(on=1.0)
+    measured = {}
+    for attack in ("decoder", "whitebox(steps=20)"):
+        config = replace(undefended_config("fashion-mnist", runner.budget), defences=(toy,), attack=attack)
+        row = runner.measure(config)
+        assert row["status"] == "ok"
+        measured[config.attack.name] = row
+    fooled, learned = measured["whitebox"]["gap_ssim"], measured["decoder"]["gap_ssim"]
+    assert learned > fooled + 0.05, (learned, fooled)
+    rows = [
+        _summary_row("toy-negate", name, row["accuracy"], gaps=(row["gap_ssim"], row["gap_ssim_se"]))
+        for name, row in measured.items()
+    ]
+    monkeypatch.setattr("dpsnn.experiments.report.suite_table", lambda summary, suite: list(summary))
+    (line,) = [line for line in defence_attack_table(rows, "inversion").splitlines() if line.startswith("| toy")]
+    assert f"**decoder** {learned:.3f}" in line
+    assert (
+        strongest({name: {"gap_ssim": row["gap_ssim"]} for name, row in measured.items()}, "gap_ssim")[0] == "decoder"
+    )
