@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/bench_budget.py                    # every setting, seed 0
     .venv/bin/python benchmarks/bench_budget.py --seeds 0 1 2
     .venv/bin/python benchmarks/bench_budget.py --settings budget budget-one-cycle
+    .venv/bin/python benchmarks/bench_budget.py --settings whole-split-one-cycle-3 whole-split-one-cycle-4
 
 run_experiments.py trains every target model on the budget in dpsnn.experiments.suites.FULL
 so that the whole `all` suite fits in a few hours on 2 cores. This script trains the
 undefended model on that budget and on long runs (the same data for 4x the epochs, and
 the whole 53,000-image train split for 10 epochs), each at the suites' constant learning
-rate and with a one-cycle schedule (peak --one-cycle-lr); it scores all on the 10,000 test images and
+rate and with a one-cycle schedule (peak --one-cycle-lr), and candidates for a converged
+budget (the whole split, one-cycle, 2 to 5 epochs); it scores all on the 10,000 test images and
 prints the accuracy of each beside the budget's, with standard errors over test images
 (and over seeds when several are given). Figures go to results/benchmarks/bench_budget.csv,
 one row per setting: a run with --settings replaces the rows of the settings it ran and
@@ -56,6 +58,11 @@ def settings(long_factor: int = 4, full_epochs: int = 10, one_cycle_lr: float = 
         "long-same-data-one-cycle": Setting("long run, same data, one-cycle", FULL.train_size, long, **one_cycle),
         "long-whole-split": Setting("long run, whole train split", None, whole),
         "long-whole-split-one-cycle": Setting("long run, whole split, one-cycle", None, whole, **one_cycle),
+        # Candidates for a converged budget: the whole split, one-cycle, a few epochs.
+        **{
+            f"whole-split-one-cycle-{n}": Setting(f"whole split, {n} epochs, one-cycle", None, n, **one_cycle)
+            for n in (2, 3, 4, 5)
+        },
     }
 
 
