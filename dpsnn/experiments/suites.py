@@ -685,28 +685,34 @@ def floor_defence(name: str, noise: float = 0.0) -> Callable[[Context, Any], Run
     return setting
 
 
-for _name, (_fixed, _values, _extension) in FLOOR_DEFENCES.items():
-    _strength = defence_class(_name).strength
-    _axis = Axis(f"{_name.replace('-', '_')}_{_strength}", f"{_name} {_strength}", defence_param(_name), log=True)
-    _grids = {
-        "full": Grid(_values, extension=_extension, stop="one-point"),
-        "quick": Grid((_values[0], _values[2]), extension=(_extension[0],), stop="one-point"),
+def _register_floor_suites(name: str) -> None:
+    """Suites ``name`` and ``name+noise``: its strength swept until accuracy has lost more than a point."""
+    fixed, values, extension = FLOOR_DEFENCES[name]
+    strength = defence_class(name).strength
+    axis = Axis(f"{name.replace('-', '_')}_{strength}", f"{name} {strength}", defence_param(name), log=True)
+    grids = {
+        "full": Grid(values, extension=extension, stop="one-point"),
+        "quick": Grid((values[0], values[2]), extension=(extension[0],), stop="one-point"),
     }
-    _settings = ", ".join(f"{key} {value}" for key, value in _fixed.items())
-    for _noise in (0.0, FLOOR_NOISE):
+    settings = "".join(f"{key} {value}; " for key, value in fixed.items())
+    for noise in (0.0, FLOOR_NOISE):
         register_suite(
             Suite(
-                _name if not _noise else f"{_name}+noise",
-                f"{_name} ({_settings + '; ' if _settings else ''}{_strength} swept until accuracy has lost more "
-                f"than a point)" + (f", with Laplace noise {_noise:g} on the wire" if _noise else ""),
-                _name if not _noise else f"{_name} + noise {_noise:g}",
-                floor_defence(_name, _noise),
-                _grids,
-                axes=(_axis,),
+                f"{name}+noise" if noise else name,
+                f"{name} ({settings}{strength} swept until accuracy has lost more than a point)"
+                + (f", with Laplace noise {noise:g} on the wire" if noise else ""),
+                f"{name} + noise {noise:g}" if noise else name,
+                floor_defence(name, noise),
+                grids,
+                axes=(axis,),
                 frontier=True,
                 curves=(ACCURACY_PANEL, SSIM_PANEL),
             )
         )
+
+
+for _floor_defence in FLOOR_DEFENCES:
+    _register_floor_suites(_floor_defence)
 
 
 # -- every defence against every attack ---------------------------------------------------------
