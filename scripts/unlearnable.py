@@ -43,7 +43,15 @@ from dpsnn.data import DEFAULT_DATA_DIR, Splits, dataset_info, derived_metadata,
 from dpsnn.errors import ConfigError, ResultsError
 from dpsnn.results import RESULTS_DIR, append_rows, fill_blocks, read_table, write_table
 from dpsnn.unlearnable.poisons import POISONS, PoisonJob, check_poison, make_unlearnable
-from dpsnn.unlearnable.recipes import Recipe, RecipeResult, recipe_from, recipe_names, train_with_recipe
+from dpsnn.unlearnable.recipes import (
+    Recipe,
+    RecipeResult,
+    recipe_from,
+    recipe_names,
+    train_with_recipe,
+    train_with_recipes,
+    trains_plainly,
+)
 from dpsnn.unlearnable.report import markdown_table, summarise
 
 TRAIN_KEYS = ("dataset", "method", "epsilon", "architecture", "recipe", "seed", "epochs", "train_size")
@@ -207,28 +215,66 @@ def train(args: argparse.Namespace) -> None:
             splits = make_splits(name, train_size=args.train_size, **sizes)
             clean = make_splits(info.derived_from, **sizes) if info.derived_from else splits
             for architecture in architectures:
+                todo = []
                 for recipe in recipes:
                     key = (name, made["method"], made["epsilon"], architecture, recipe.spec(), str(seed))
                     key += (str(args.epochs), str(len(splits.train)))
                     if key in _done(table):
                         print(f"{name} {architecture} {recipe.label()} seed {seed}: already in {table}")
-                        continue
-                    _, result = _train_one(args, splits, clean, architecture, recipe, seed)
-                    row = dict(zip(TRAIN_KEYS, key, strict=True))
-                    row.update(
-                        test_acc=result.test_acc,
-                        test_acc_se=result.test_acc_se,
-                        n_test=len(splits.test),
-                        best_epoch="" if result.best_epoch is None else result.best_epoch,
-                        poisoned_val_acc=result.poisoned_val_acc,
-                        clean_val_acc=result.clean_val_acc,
-                        obeys_rules=recipe.obeys_rules,
-                    )
-                    append_rows(table, [row])
-                    print(
-                        f"{name} {architecture} {recipe.label()} seed {seed}: clean test accuracy "
-                        f"{result.test_acc:.4f} ± {result.test_acc_se:.4f}"
-                    )
+                    else:
+                        todo.append((recipe, key))
+                for group in _runs(todo):
+                    results = _train_group(args, splits, clean, architecture, [recipe for recipe, _ in group], seed)
+                    for (recipe, key), result in zip(group, results, strict=True):
+                        _record(table, recipe, key, result, len(splits.test))
+                        print(
+                            f"{name} {architecture} {recipe.label()} seed {seed}: clean test accuracy "
+                            f"{result.test_acc:.4f} ± {result.test_acc_se:.4f}"
+                        )
+
+
+def _runs(todo: list[tuple[Recipe, tuple[str, ...]]]) -> list[list[tuple[Recipe, tuple[str, ...]]]]:
+    """The training runs ``todo`` needs: one for every recipe that trains as plain does together, one per other."""
+    shared = [item for item in todo if trains_plainly(item[0])]
+    alone = [[item] for item in todo if not trains_plainly(item[0])]
+    return ([shared] if shared else []) + alone
+
+
+def _record(table: Path, recipe: Recipe, key: tuple[str, ...], result: RecipeResult, n_test: int) -> None:
+    row = dict(zip(TRAIN_KEYS, key, strict=True))
+    row.update(
+        test_acc=result.test_acc,
+        test_acc_se=result.test_acc_se,
+        n_test=n_test,
+        best_epoch="" if result.best_epoch is None else result.best_epoch,
+        poisoned_val_acc=result.poisoned_val_acc,
+        clean_val_acc=result.clean_val_acc,
+        obeys_rules=recipe.obeys_rules,
+    )
+    append_rows(table, [row])
+
+
+def _train_group(
+    args: argparse.Namespace, splits: Splits, clean: Splits, architecture: str, recipes: list[Recipe], seed: int
+) -> list[RecipeResult]:
+    """One training run for ``recipes``: several only when they all train as plain does (:func:`trains_plainly`)."""
+    if len(recipes) == 1:
+        return [_train_one(args, splits, clean, architecture, recipes[0], seed)[1]]
+    return train_with_recipes(
+        recipes,
+        splits.train,
+        splits.val,
+        splits.test,
+        splits.num_classes,
+        architecture=architecture,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=seed,
+        progress=not args.no_progress,
+        clean_val=clean.val,
+        clean_extra=clean.aux,
+    )
 
 
 def _train_one(

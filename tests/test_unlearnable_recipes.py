@@ -28,6 +28,8 @@ from dpsnn.unlearnable.recipes import (
     recipe_from,
     recipe_names,
     train_with_recipe,
+    train_with_recipes,
+    trains_plainly,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -319,3 +321,23 @@ def test_a_missing_clean_split_is_refused_before_training(recipe, clean, message
 def test_zero_epochs_are_refused():
     with pytest.raises(ConfigError, match="number of epochs"):
         train("plain", epochs=0)
+
+
+def test_recipes_that_train_plainly_share_one_run_and_give_what_separate_runs_give():
+    recipes = ["plain", "early-stop", "oracle-early-stop", fast_recipe("last-layer")]
+    assert all(trains_plainly(recipe) for recipe in recipes)
+    assert not any(trains_plainly(name) for name in ("jpeg", "binarise", "cutout", "mixup", "adversarial"))
+    train_split, val, test = random_split(256, 0), random_split(64, 1), random_split(64, 2)
+    common = {"epochs": 3, "batch_size": 64, "progress": False, **clean_splits()}
+    together = train_with_recipes(recipes, train_split, val, test, NUM_CLASSES, **common)
+    for recipe, shared in zip(recipes, together, strict=True):
+        _, alone = train_with_recipe(recipe, train_split, val, test, NUM_CLASSES, **common)
+        assert shared == alone, recipe
+    assert [result.best_epoch is None for result in together] == [True, False, False, True]
+
+
+def test_sharing_a_run_refuses_a_recipe_that_changes_the_training():
+    with pytest.raises(ConfigError, match=r"recipes jpeg\(quality=10\) change the training itself"):
+        train_with_recipes(
+            ["plain", "jpeg"], random_split(64, 0), random_split(16, 1), random_split(16, 2), NUM_CLASSES
+        )
