@@ -152,7 +152,7 @@ def attack_table(row: Mapping[str, Any], metrics: Iterable[str]) -> str:
 # -- generated blocks of a Markdown file -------------------------------------------------------
 
 #: A block of a Markdown file that code rewrites from results: ``<!-- generated:NAME -->`` … ``<!-- end:NAME -->``.
-BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w+-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
 
 
 def fill_blocks(path: str | Path, blocks: Mapping[str, str]) -> bool:
