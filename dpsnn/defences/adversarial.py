@@ -23,12 +23,12 @@ refused beside it (the proxy is fitted to the same data outside the accountant),
 the stacked training of several models at once (the proxy takes its own optimiser steps).
 Example::
 
-    import torch
-    from dpsnn.models import SplitNN
+    from dpsnn.data import make_splits
+    from dpsnn.training import train_classifier
 
-    model = SplitNN(defences=["adversarial:weight=1"]).train()
-    x, y = torch.rand(32, 1, 28, 28), torch.arange(32) % 10
-    model._step((x, y))["adversarial"]        # the proxy was fitted one step; the client's penalty
+    splits = make_splits("fashion-mnist", train_size=5000)
+    model, epoch = train_classifier(splits, defences=["adversarial:weight=1"], max_epochs=3)
+    model.companions[0].decoder     # the proxy it trained against: not in model.state_dict(), never saved
 
 What is hand-written, and why: the two alternating updates are a few lines inside the
 training step; no library ships adversarial reconstruction training for split learning.
