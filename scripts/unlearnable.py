@@ -27,8 +27,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import nn
-
 from dpsnn.architectures import architecture_names
 from dpsnn.cli import (
     ArgumentParser,
@@ -258,43 +256,20 @@ def _train_group(
     args: argparse.Namespace, splits: Splits, clean: Splits, architecture: str, recipes: list[Recipe], seed: int
 ) -> list[RecipeResult]:
     """One training run for ``recipes``: several only when they all train as plain does (:func:`trains_plainly`)."""
+    data = (splits.train, splits.val, splits.test, splits.num_classes)
+    options = {
+        "architecture": architecture,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": seed,
+        "progress": not args.no_progress,
+        "clean_val": clean.val,
+        "clean_extra": clean.aux,
+    }
     if len(recipes) == 1:
-        return [_train_one(args, splits, clean, architecture, recipes[0], seed)[1]]
-    return train_with_recipes(
-        recipes,
-        splits.train,
-        splits.val,
-        splits.test,
-        splits.num_classes,
-        architecture=architecture,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=seed,
-        progress=not args.no_progress,
-        clean_val=clean.val,
-        clean_extra=clean.aux,
-    )
-
-
-def _train_one(
-    args: argparse.Namespace, splits: Splits, clean: Splits, architecture: str, recipe: Recipe, seed: int
-) -> tuple[nn.Module, RecipeResult]:
-    return train_with_recipe(
-        recipe,
-        splits.train,
-        splits.val,
-        splits.test,
-        splits.num_classes,
-        architecture=architecture,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=seed,
-        progress=not args.no_progress,
-        clean_val=clean.val,
-        clean_extra=clean.aux,
-    )
+        return [train_with_recipe(recipes[0], *data, **options)[1]]
+    return train_with_recipes(recipes, *data, **options)
 
 
 def summary(args: argparse.Namespace) -> None:

@@ -617,21 +617,17 @@ def _fit(
     batch_size: int,
     seed: int,
     progress: bool,
-    val_loaders: list[Any] | None = None,
-    selects_by: str | None = None,
-) -> int | None:
-    """Fit ``module`` on ``train``; with ``selects_by``, load its best epoch's weights and return that epoch."""
-    best = BestWeights(selects_by, "max") if selects_by else None
-    trainer = make_trainer(epochs, progress, log_name="recipe", callbacks=[best] if best else [])
+    val_loaders: Sequence[Any] = (),
+    callbacks: Sequence[L.Callback] = (),
+) -> None:
+    """Fit ``module`` on ``train``, validating on ``val_loaders`` (if any) for ``callbacks``; leave it in eval mode."""
+    trainer = make_trainer(epochs, progress, log_name="recipe", callbacks=list(callbacks))
     module.use_train_loader(train.loader(batch_size, shuffle=True, seed=seed))
     module.train()
     with warnings.catch_warnings():  # validation runs only when it selects an epoch
         warnings.filterwarnings("ignore", message=NO_VALIDATION_WARNING)
-        trainer.fit(module, val_dataloaders=val_loaders or None)
-    if best is not None:
-        module.load_state_dict(best.best_state)
+        trainer.fit(module, val_dataloaders=list(val_loaders) or None)
     module.eval()
-    return best.best_epoch if best is not None else None
 
 
 @dataclass
@@ -656,14 +652,6 @@ class RecipeResult:
 
 def _accuracy(module: nn.Module, split: Split) -> float:
     return float((predict(module, split.images, EVAL_BATCH_SIZE) == split.labels).float().mean())
-
-
-def _val_loaders(recipe: Recipe, val: Split, clean_val: Split | None, batch_size: int) -> list[Any]:
-    """The loaders validation needs: none when the last epoch is kept; the clean split's only for the oracle."""
-    if recipe.selects_by is None:
-        return []
-    needed = VAL_STAGES.index(recipe.selects_by.removesuffix("_acc"))
-    return [split.loader(batch_size) for split in (val, clean_val)[: needed + 1]]
 
 
 def _view(recipe: Recipe, split: Split | None) -> Split | None:
@@ -693,32 +681,8 @@ def train_with_recipe(
     model. Returns the trained :class:`RecipeClassifier` (in eval mode; its inputs go through
     ``recipe.test_view``) and its :class:`RecipeResult`.
     """
-    recipe = recipe_from(recipe)
-    epochs = _check_int(epochs, "the number of epochs", 1)
-    train.require("poisoned train")
-    val.require("poisoned val")
-    test.require("clean test")
-    recipe.check_splits({"clean_val": clean_val, "clean_extra": clean_extra})
-    L.seed_everything(seed, verbose=False)
-    prepared = Split(recipe.prepare(train.images), train.labels)
-    client, server = build_split(architecture, tuple(prepared.images.shape[1:]), num_classes)
-    module = RecipeClassifier(nn.Sequential(client, server), recipe, num_classes, learning_rate, seed)
-    val_view, clean_val_view = _view(recipe, val), _view(recipe, clean_val)
-    loaders = _val_loaders(recipe, val_view, clean_val_view, EVAL_BATCH_SIZE)
-    best_epoch = _fit(module, prepared, epochs, batch_size, seed, progress, loaders, recipe.selects_by)
-    recipe.finish(module, clean_extra, batch_size, progress)
-    test_acc = _accuracy(module, _view(recipe, test))
-    result = RecipeResult(
-        recipe=recipe.spec(),
-        architecture=canonical_architecture(architecture),
-        seed=seed,
-        epochs=epochs,
-        best_epoch=best_epoch,
-        test_acc=test_acc,
-        test_acc_se=math.sqrt(test_acc * (1 - test_acc) / len(test)),
-        poisoned_val_acc=_accuracy(module, val_view),
-        clean_val_acc=None if clean_val_view is None else _accuracy(module, clean_val_view),
-    )
+    settings = (architecture, epochs, batch_size, learning_rate, seed, progress)
+    module, (result,) = _train([recipe_from(recipe)], train, val, test, num_classes, settings, clean_val, clean_extra)
     return module, result
 
 
@@ -757,27 +721,48 @@ def train_with_recipes(
     shared = [recipe.spec() for recipe in recipes if not trains_plainly(recipe)]
     if shared:
         raise ConfigError(f"recipes {', '.join(shared)} change the training itself: train them with train_with_recipe")
+    settings = (architecture, epochs, batch_size, learning_rate, seed, progress)
+    return _train(recipes, train, val, test, num_classes, settings, clean_val, clean_extra)[1]
+
+
+def _train(
+    recipes: list[Recipe],
+    train: Split,
+    val: Split,
+    test: Split,
+    num_classes: int,
+    settings: tuple[str, int, int, float, int, bool],
+    clean_val: Split | None,
+    clean_extra: Split | None,
+) -> tuple[RecipeClassifier, list[RecipeResult]]:
+    """One training run for one recipe, or for several that train alike (the first's views serve all).
+
+    ``settings`` are ``(architecture, epochs, batch_size, learning_rate, seed, progress)``.
+    Validation runs only for the epochs the recipes select by, on loaders with their own
+    generator, so validating draws nothing from the global one; each recipe is then finished
+    from its own epoch's weights and the random state the run left, as if it had trained alone.
+    The module is returned as the last recipe left it.
+    """
+    architecture, epochs, batch_size, learning_rate, seed, progress = settings
     epochs = _check_int(epochs, "the number of epochs", 1)
     train.require("poisoned train")
     val.require("poisoned val")
     test.require("clean test")
     for recipe in recipes:
         recipe.check_splits({"clean_val": clean_val, "clean_extra": clean_extra})
+    first = recipes[0]
     L.seed_everything(seed, verbose=False)
-    client, server = build_split(architecture, tuple(train.images.shape[1:]), num_classes)
-    module = RecipeClassifier(nn.Sequential(client, server), recipes[0], num_classes, learning_rate, seed)
+    prepared = Split(first.prepare(train.images), train.labels)
+    client, server = build_split(architecture, tuple(prepared.images.shape[1:]), num_classes)
+    module = RecipeClassifier(nn.Sequential(client, server), first, num_classes, learning_rate, seed)
+    val_view, clean_val_view, test_view = _view(first, val), _view(first, clean_val), _view(first, test)
     selectors = [stage for stage in VAL_STAGES if any(r.selects_by == f"{stage}_acc" for r in recipes)]
     keep = {f"{stage}_acc": BestWeights(f"{stage}_acc", "max") for stage in selectors}
     needed = max((VAL_STAGES.index(stage) for stage in selectors), default=-1)  # the loaders up to the last needed
-    loaders = [split.loader(EVAL_BATCH_SIZE) for split in (val, clean_val)[: needed + 1]]
+    loaders = [split.loader(EVAL_BATCH_SIZE) for split in (val_view, clean_val_view)[: needed + 1]]
     for loader in loaders:  # validating draws no number from the global generator, as a run without it would not
         loader.generator = torch.Generator().manual_seed(seed)
-    trainer = make_trainer(epochs, progress, log_name="recipe", callbacks=list(keep.values()))
-    module.use_train_loader(train.loader(batch_size, shuffle=True, seed=seed))
-    module.train()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=NO_VALIDATION_WARNING)
-        trainer.fit(module, val_dataloaders=loaders or None)
+    _fit(module, prepared, epochs, batch_size, seed, progress, loaders, list(keep.values()))
     last = copy.deepcopy(module.state_dict())
     after_training = torch.get_rng_state()
     results = []
@@ -785,11 +770,10 @@ def train_with_recipes(
         chosen = keep[recipe.selects_by] if recipe.selects_by else None
         module.load_state_dict(chosen.best_state if chosen else last)
         module.recipe = recipe
-        module.eval()
         torch.set_rng_state(after_training)  # as if this recipe had trained alone
         recipe.finish(module, clean_extra, batch_size, progress)
         module.eval()
-        test_acc = _accuracy(module, test)
+        test_acc = _accuracy(module, test_view)
         results.append(
             RecipeResult(
                 recipe=recipe.spec(),
@@ -799,8 +783,8 @@ def train_with_recipes(
                 best_epoch=chosen.best_epoch if chosen else None,
                 test_acc=test_acc,
                 test_acc_se=math.sqrt(test_acc * (1 - test_acc) / len(test)),
-                poisoned_val_acc=_accuracy(module, val),
-                clean_val_acc=None if clean_val is None else _accuracy(module, clean_val),
+                poisoned_val_acc=_accuracy(module, val_view),
+                clean_val_acc=None if clean_val_view is None else _accuracy(module, clean_val_view),
             )
         )
-    return results
+    return module, results
