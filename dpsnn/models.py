@@ -236,6 +236,23 @@ class SplitNN(_Classifier):
         else:
             super().backward(loss, *args, **kwargs)
 
+    def loss_terms(self, x: Tensor, h: Tensor, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The defences' terms of the loss on one batch, after ``logits = server(wire(h))`` was computed from it.
+
+        Each defence's ``loss_terms``, a learned wire's own terms of that forward pass (vib's
+        KL) and, in training, each companion's (a proxy attacker, refitted on this batch).
+        """
+        terms: dict[str, Tensor] = {}
+        for defence in self.defences:
+            terms |= defence.loss_terms(x, h, logits, y)
+        for module in self.wire:
+            if hasattr(module, "loss_terms"):
+                terms |= module.loss_terms()
+        if self.training:
+            for companion in self.companions:
+                terms |= companion.loss_terms(x, h, y)
+        return terms
+
     def _step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         x, y = batch
         h = self.client(x)
@@ -243,15 +260,7 @@ class SplitNN(_Classifier):
         logits = self.server(what_server_sees)
         per_sample = F.cross_entropy(logits, y, reduction="none")
         cross_entropy = per_sample.mean()
-        terms: dict[str, Tensor] = {}
-        for defence in self.defences:
-            terms |= defence.loss_terms(x, h, logits, y)
-        for module in self.wire:  # a learned wire's own terms, from the forward pass above (vib's KL)
-            if hasattr(module, "loss_terms"):
-                terms |= module.loss_terms()
-        if self.training:
-            for companion in self.companions:  # trained on this batch, then the client's penalty
-                terms |= companion.loss_terms(x, h, y)
+        terms = self.loss_terms(x, h, logits, y)
         if self.training:  # each example's loss, for DP-SGD's ghost clipping (batch-level terms added to each)
             self._per_sample_loss = per_sample + sum(terms.values())
         measured = {

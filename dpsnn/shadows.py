@@ -219,21 +219,13 @@ def _build(make_model: Callable[[], nn.Module], count: int, seed: int) -> list[n
 
 def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """The training loss of ``model`` on one batch: cross-entropy, plus a split network's defence loss terms."""
-    if not all(hasattr(model, part) for part in ("client", "wire", "server", "defences")):
+    if not all(hasattr(model, part) for part in ("client", "wire", "server", "loss_terms")):
         return F.cross_entropy(model(x), y)
     h = model.client(x)
     logits = model.server(model.wire(h))
     loss = F.cross_entropy(logits, y)
-    for defence in model.defences:
-        for term in defence.loss_terms(x, h, logits, y).values():
-            loss = loss + term
-    for module in model.wire:  # a learned wire's own terms (vib's KL), as SplitNN's step adds them
-        if hasattr(module, "loss_terms"):
-            for term in module.loss_terms().values():
-                loss = loss + term
-    for companion in getattr(model, "companions", ()):  # a proxy attacker, refitted on this batch
-        for term in companion.loss_terms(x, h, y).values():
-            loss = loss + term
+    for term in model.loss_terms(x, h, logits, y).values():  # the defences' terms, as the model's own step adds them
+        loss = loss + term
     return loss
 
 
