@@ -102,6 +102,27 @@ def describe(row: dict) -> str:
     return f"{what}  ({seconds:.0f} s)"
 
 
+def migrate(folder: Path) -> None:
+    """Migrate ``folder``'s runs.csv to the current schema, saying so; an unknown schema fails here, before any work."""
+    migrated = upgrade(folder)
+    if migrated:
+        print(migrated)
+
+
+def run_with_bar(runner: ExperimentRunner, suites: Sequence[str], seeds: int, desc: str) -> int:
+    """``runner.run``, one line per finished run under a progress bar (no bar when not a terminal)."""
+    bar = tqdm(desc=desc, unit="run", dynamic_ncols=True, disable=None)
+
+    def log(row: dict) -> None:
+        bar.update(1)
+        bar.write(describe(row))
+
+    try:
+        return runner.run(suites, seeds, on_row=log)
+    finally:
+        bar.close()
+
+
 def run_shard(args: Any, budget: Budget, results_dir: Path, models_dir: Path) -> int:
     """Run one shard's part of the grid into its own folder; tables come from the merge.
 
@@ -110,15 +131,7 @@ def run_shard(args: Any, budget: Budget, results_dir: Path, models_dir: Path) ->
     suites = expand_suites(args.suites)
     folder = results_dir / SHARDS_DIR / args.shard.folder_name
     for table in (results_dir, folder):
-        migrated = upgrade(table)  # a table of an unknown schema fails here, before any work
-        if migrated:
-            print(migrated)
-    bar = tqdm(desc=f"shard {args.shard.index}/{args.shard.count}", unit="run", dynamic_ncols=True, disable=None)
-
-    def log(row: dict) -> None:
-        bar.update(1)
-        bar.write(describe(row))
-
+        migrate(table)
     runner = ExperimentRunner(
         budget,
         args.dataset,
@@ -130,8 +143,7 @@ def run_shard(args: Any, budget: Budget, results_dir: Path, models_dir: Path) ->
         read_also=(results_dir,),
     )
     started = time.perf_counter()
-    done = runner.run(suites, args.seeds, on_row=log)
-    bar.close()
+    done = run_with_bar(runner, suites, args.seeds, f"shard {args.shard.index}/{args.shard.count}")
     print(
         f"shard {args.shard.index}/{args.shard.count}: {done} run(s) in {(time.perf_counter() - started) / 60:.1f} "
         f"min into {folder}/; when every shard is done, `run_experiments.py {' '.join(args.suites)} --merge` "
@@ -165,23 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = args.report or (None if args.quick else RESULTS_DIR / "REPORT.md")
     if args.shard:
         return run_shard(args, budget, results_dir, models_dir)
-    migrated = upgrade(results_dir)  # a table of an unknown schema fails here, before any work
-    if migrated:
-        print(migrated)
+    migrate(results_dir)
     if args.merge:
         merge_shards(results_dir)
         args.tables_only = True
-
-    bar = tqdm(desc="runs", unit="run", dynamic_ncols=True, disable=None)  # no bar when not a terminal
-
-    def log(row: dict) -> None:
-        bar.update(1)
-        bar.write(describe(row))
-
     runner = ExperimentRunner(budget, args.dataset, results_dir, models_dir, args.data_dir, progress=args.progress)
     started = time.perf_counter()
-    done = 0 if args.tables_only else runner.run(suites, args.seeds, on_row=log)
-    bar.close()
+    done = 0 if args.tables_only else run_with_bar(runner, suites, args.seeds, "runs")
     elapsed = time.perf_counter() - started
     if args.tables_only and not (results_dir / RUNS_FILE).is_file():
         raise ResultsError(f"no {results_dir / RUNS_FILE} to make tables from; run some suites first")
