@@ -21,7 +21,7 @@ from dpsnn.defences import Laplace
 from dpsnn.experiments.report import SUMMARY_FILE, generated_blocks, report_blocks
 from dpsnn.experiments.runner import ExperimentRunner
 from dpsnn.experiments.store import RUN_COLUMNS, RUNS_FILE, RunStore, load_samples, read_runs, upgrade
-from dpsnn.experiments.suites import FULL, QUICK, SUITES, RunConfig, undefended_config
+from dpsnn.experiments.suites import FULL, QUICK, SUITES, Grid, RunConfig, undefended_config
 from dpsnn.experiments.summary import summarise
 
 POST_NOISE = SUITES["post-noise"].grid(QUICK).values
@@ -65,7 +65,7 @@ def test_extensions_grow_until_accuracy_collapses(tmp_path, tiny_runner, monkeyp
     last = noise.configs("fashion-mnist", runner.budget)[-1]
     with RunStore(runner.results_dir) as store:
         at_half = store.get(last.key)
-        expect_extension = not runner._has_collapsed(last, store)
+        expect_extension = not runner._has_collapsed(last, store, noise.grid(runner.budget))
     assert at_half is not None
     assert (grid.extension[0] in scales) == expect_extension
     assert [row["laplace_scale_seen"] for row in rows if row["defences"] != "none"] == scales[1:]
@@ -348,4 +348,4 @@ def test_a_one_point_grid_stops_after_the_first_value_that_costs_more_than_a_poi
         grid = suite.grid(runner.budget)
         assert not runner._has_collapsed(weak, store, grid)  # half a point: the sweep goes on
         assert runner._has_collapsed(strong, store, grid)  # two points: it stops here
-        assert not runner._has_collapsed(strong, store)  # where the collapse rule would go on
+        assert not runner._has_collapsed(strong, store, Grid((0.0,)))  # where the collapse rule would go on

@@ -47,7 +47,6 @@ from dpsnn.experiments.suites import (
     Budget,
     Grid,
     RunConfig,
-    collapsed,
     expand_suites,
     suites_of,
     undefended_config,
@@ -223,18 +222,15 @@ class ExperimentRunner:
                 return
             yield config
 
-    def _has_collapsed(self, config: RunConfig, store: RunStore, grid: Grid | None = None) -> bool:
-        """Whether ``config``'s run ends its suite's extension (by ``grid``'s stop rule; collapse by default)."""
+    def _has_collapsed(self, config: RunConfig, store: RunStore, grid: Grid) -> bool:
+        """Whether ``config``'s run ends its suite's extension (``grid``'s stop rule, or nothing to extend from)."""
         row = store.get(config.key)
         plain = store.get(undefended_config(self.dataset, self.budget, config.seed).key)
         if row is None or plain is None:
             return True  # nothing to extend from
         if row["status"] != "ok" or math.isnan(row["accuracy"]):
             return True
-        num_classes = self.splits(self.dataset, config.seed).num_classes
-        if grid is None:
-            return collapsed(row["accuracy"], plain["accuracy"], num_classes)
-        return grid.stops(row["accuracy"], plain["accuracy"], num_classes)
+        return grid.stops(row["accuracy"], plain["accuracy"], self.splits(self.dataset, config.seed).num_classes)
 
     def _run_once(self, config: RunConfig, store: RunStore, on_row: Callable[[dict[str, Any]], None] | None) -> int:
         if config.key in store.finished():
