@@ -4,9 +4,10 @@
     python scripts/run_experiments.py noise nopeek --quick  # a small version, in minutes
     python scripts/run_experiments.py all --shard 2/4       # a quarter of the grid (one machine of four)
     python scripts/run_experiments.py all --merge           # then: every shard's runs, and the tables
+    python scripts/run_experiments.py all --plan            # how many runs, and a forecast of their core-hours
 
 Suites: plain, noise, nopeek, combo, post-noise, data-volume, aux-shift, dp, dp-adaptive,
-suppress, attacks, all. Every run
+suppress, class-collapse, vib, adversarial (each also with +noise), attacks, all. Every run
 (a model, the noise on its wire and an attacker on exactly what the server sees) is
 recorded in <results-dir>/runs.csv as soon as it finishes; a second call skips finished
 runs and redoes any that was killed half-way. Tables (mean ± SE over seeds) go to
@@ -31,13 +32,15 @@ from tqdm import tqdm
 from dpsnn.cli import ArgumentParser, checked, positive_int, run
 from dpsnn.data import DATASETS, DEFAULT_DATA_DIR, dataset_info
 from dpsnn.errors import ResultsError
+from dpsnn.experiments.plan import Timings, format_plan, plan, plan_table
 from dpsnn.experiments.report import SUMMARY_FILE, draw_figures, update_report, write_tables
 from dpsnn.experiments.runner import ExperimentRunner, Shard
-from dpsnn.experiments.store import RUNS_FILE, RunStore, upgrade
+from dpsnn.experiments.store import RUNS_FILE, RunStore, read_runs, upgrade
 from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, Budget, customised, expand_suites
 from dpsnn.experiments.summary import best_within, undefended
-from dpsnn.results import RESULTS_DIR
+from dpsnn.results import RESULTS_DIR, write_table
 
+PLAN_FILE = "plan.csv"  # the forecast --plan writes
 SHARDS_DIR = "shards"  # under the results folder: one folder per shard, K-of-N
 BUDGET_FLAGS = {
     "train_size": "target train images",
@@ -69,6 +72,12 @@ def parse_args(argv: Sequence[str] | None) -> object:
         "--tables-only", action="store_true", help="run nothing: rewrite tables, figures and report from runs.csv"
     )
     parser.add_argument("--progress", action="store_true", help="show Lightning's per-epoch progress bars")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="run nothing: count the runs SUITE needs for --seeds and forecast their core-hours from the runs "
+        "timed in runs.csv (written to <results-dir>/plan.csv)",
+    )
     cluster = parser.add_argument_group("spreading the grid over machines")
     cluster.add_argument(
         "--shard",
@@ -84,6 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> object:
         "write tables, figures and report",
     )
     args = parser.parse_args(argv)
+    if args.plan and (args.shard or args.merge or args.tables_only):
+        parser.error("--plan runs nothing; use it alone")
     if args.shard and (args.merge or args.tables_only):
         parser.error("--shard runs part of the grid; merge and write tables in a separate call with --merge")
     return args
@@ -163,6 +174,19 @@ def merge_shards(results_dir: Path) -> None:
             print(f"merged {folder}: {added} run(s) added, {skipped} already in {results_dir / RUNS_FILE}")
 
 
+def show_plan(args: Any, budget: Budget, results_dir: Path, models_dir: Path) -> int:
+    """Print and write the runs ``args.suites`` need and the forecast of their cost; run nothing."""
+    runner = ExperimentRunner(budget, args.dataset, results_dir, models_dir, args.data_dir, say=None)
+    rows = read_runs(results_dir)
+    timings = Timings.from_rows(rows, budget.name)
+    runs = plan(runner, args.suites, args.seeds, finished=(row["key"] for row in rows))
+    table = plan_table(runs, timings)
+    print(format_plan(table, timings, results_dir))
+    write_table(results_dir / PLAN_FILE, table)
+    print(f"written to {results_dir / PLAN_FILE}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     suites = expand_suites(args.suites)  # an unknown suite fails here, before any work
@@ -178,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.shard:
         return run_shard(args, budget, results_dir, models_dir)
     migrate(results_dir)
+    if args.plan:
+        return show_plan(args, budget, results_dir, models_dir)
     if args.merge:
         merge_shards(results_dir)
         args.tables_only = True
