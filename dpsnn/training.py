@@ -169,7 +169,9 @@ def obtain_validator(
     It is trained on the target train split, whose images are never scored.
     """
     seed = splits.seed
-    path = Path(folder) / f"{splits.name}_seed{seed}_{train_size or 'all'}train_{max_epochs}epochs.ckpt"
+    # The name holds the number of images it trains on, so splits of another size never share one.
+    images = len(splits.train.subset(train_size))
+    path = Path(folder) / f"{splits.name}_seed{seed}_{images}train_{max_epochs}epochs.ckpt"
     if path.is_file():
         return load_validator(path)
     validator, epoch = train_validator(

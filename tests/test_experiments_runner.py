@@ -349,3 +349,18 @@ def test_a_one_point_grid_stops_after_the_first_value_that_costs_more_than_a_poi
         assert not runner._has_collapsed(weak, store, grid)  # half a point: the sweep goes on
         assert runner._has_collapsed(strong, store, grid)  # two points: it stops here
         assert not runner._has_collapsed(strong, store, Grid((0.0,)))  # where the collapse rule would go on
+
+
+def test_splits_of_another_size_never_share_a_validator(tmp_path, data_root):
+    """The Validator trains on the target train split, so its file says how many images that held."""
+    from dpsnn.data import make_splits
+    from dpsnn.training import obtain_validator
+
+    folder = tmp_path / "validators"
+    for train_size in (64, 96, 64):
+        splits = make_splits("fashion-mnist", seed=0, train_size=train_size, val_size=32, test_size=32, root=data_root)
+        obtain_validator(splits, folder, max_epochs=1, progress=False)
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "fashion-mnist_seed0_64train_1epochs.ckpt",
+        "fashion-mnist_seed0_96train_1epochs.ckpt",
+    ]
