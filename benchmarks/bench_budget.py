@@ -1,26 +1,26 @@
 """Is the experiment suites' training budget long enough? The undefended model against long runs.
 
     .venv/bin/python benchmarks/bench_budget.py                    # every setting, seed 0
-    .venv/bin/python benchmarks/bench_budget.py --seeds 0 1 2
-    .venv/bin/python benchmarks/bench_budget.py --settings budget budget-one-cycle
+    .venv/bin/python benchmarks/bench_budget.py --settings budget --seeds 0 1 2
     .venv/bin/python benchmarks/bench_budget.py --settings whole-split-one-cycle-3 whole-split-one-cycle-4
 
-run_experiments.py trains every target model on the budget in dpsnn.experiments.suites.FULL
-so that the whole `all` suite fits in a few hours on 2 cores. This script trains the
-undefended model on that budget and on long runs (the same data for 4x the epochs, and
-the whole 53,000-image train split for 10 epochs), each at the suites' constant learning
-rate and with a one-cycle schedule (peak --one-cycle-lr), and candidates for a converged
-budget (the whole split, one-cycle, 2 to 5 epochs); it scores all on the 10,000 test images and
-prints the accuracy of each beside the budget's, with standard errors over test images
-(and over seeds when several are given). Figures go to results/benchmarks/bench_budget.csv,
-one row per setting: a run with --settings replaces the rows of the settings it ran and
-keeps the others.
+run_experiments.py trains every target model on the budget in dpsnn.experiments.suites.FULL.
+This script trains the undefended model on that budget, on the earlier budget (20,000
+images, 3 epochs), on long runs (the same 20,000 images for 12 epochs, and the whole
+53,000-image train split for 10 epochs, each at a constant learning rate and with a
+one-cycle schedule, peak --one-cycle-lr) and on the candidates for a converged budget
+(the whole split, one-cycle, 2 to 5 epochs). It scores all on the 10,000 test images and
+prints each one's accuracy minus the best long run's (the whole split, 10 epochs,
+one-cycle), with standard errors over test images (and over seeds when several are
+given). Figures go to results/benchmarks/bench_budget.csv, one row per setting: a run
+with --settings replaces the rows of the settings it ran and keeps the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import time
 from dataclasses import dataclass
 
@@ -40,24 +40,31 @@ class Setting:
     train_size: int | None
     epochs: int
     lr_schedule: str = "constant"
-    learning_rate: float = FULL.learning_rate  # with one-cycle, the peak
+    learning_rate: float = 1e-3  # with one-cycle, the peak
 
 
 CSV_PATH = RESULTS_DIR / "bench_budget.csv"
 
 
+LONG_RUN = "long run, whole split, one-cycle"  # what the budget is compared with
+PREVIOUS = {"train_size": 20000, "epochs": 3}  # the suites' budget before the converged one
+
+
 def settings(long_factor: int = 4, full_epochs: int = 10, one_cycle_lr: float = 3e-3) -> dict[str, Setting]:
     """The settings by command-line key. Long runs are measured with both schedules, so that
     the budget is compared with the best a long run reaches, not with a weak one."""
-    budget, long, whole = FULL.model_epochs, FULL.model_epochs * long_factor, full_epochs
+    previous, long, whole = PREVIOUS["epochs"], PREVIOUS["epochs"] * long_factor, full_epochs
     one_cycle = {"lr_schedule": "one-cycle", "learning_rate": one_cycle_lr}
+    small = PREVIOUS["train_size"]
+    budget_rate = FULL.model_learning_rate or FULL.learning_rate
     return {
-        "budget": Setting("suite budget", FULL.train_size, budget),
-        "budget-one-cycle": Setting("suite budget, one-cycle", FULL.train_size, budget, **one_cycle),
-        "long-same-data": Setting("long run, same data", FULL.train_size, long),
-        "long-same-data-one-cycle": Setting("long run, same data, one-cycle", FULL.train_size, long, **one_cycle),
+        "budget": Setting("suite budget", FULL.train_size, FULL.model_epochs, FULL.model_lr_schedule, budget_rate),
+        "previous-budget": Setting("previous suite budget", small, previous),
+        "previous-budget-one-cycle": Setting("previous suite budget, one-cycle", small, previous, **one_cycle),
+        "long-same-data": Setting("long run, same data", small, long),
+        "long-same-data-one-cycle": Setting("long run, same data, one-cycle", small, long, **one_cycle),
         "long-whole-split": Setting("long run, whole train split", None, whole),
-        "long-whole-split-one-cycle": Setting("long run, whole split, one-cycle", None, whole, **one_cycle),
+        "long-whole-split-one-cycle": Setting(LONG_RUN, None, whole, **one_cycle),
         # Candidates for a converged budget: the whole split, one-cycle, a few epochs.
         **{
             f"whole-split-one-cycle-{n}": Setting(f"whole split, {n} epochs, one-cycle", None, n, **one_cycle)
@@ -85,8 +92,8 @@ COLUMNS = [
     "accuracy",
     "accuracy_se",
     "seconds",
-    "budget_minus_this_points",
-    "one_cycle_minus_this_points",
+    "minus_long_run_points",
+    "minus_long_run_points_se",
 ]
 FLOAT_COLUMNS = {"learning_rate", "accuracy", "accuracy_se", "seconds"} | set(COLUMNS[-2:])
 
@@ -158,23 +165,24 @@ def main() -> None:
         if row is not None:
             # Files from before the schedule option hold constant-rate runs at the suites' rate.
             filled = {k: v for k, v in row.items() if v != ""}
-            row = {"lr_schedule": "constant", "learning_rate": FULL.learning_rate, **filled}
+            row = {"lr_schedule": "constant", "learning_rate": 1e-3, **filled}
             table.append({k: float(v) if k in FLOAT_COLUMNS and v not in ("", None) else v for k, v in row.items()})
-    budgets = {row["setting"]: row["accuracy"] for row in table if row["setting"].startswith("suite budget")}
-    print(
-        f"\n{'setting':<33} {'images':>7} {'epochs':>6}  accuracy          "
-        + "".join(f"  {'budget' if name == 'suite budget' else 'one-cycle'} minus this" for name in budgets)
-    )
+    long_run = next((row for row in table if row["setting"] == LONG_RUN), None)
+    print(f"\n{'setting':<33} {'images':>7} {'epochs':>6}  accuracy           minus the long run (points)")
     for row in table:
-        differences = {name: 100 * (accuracy - row["accuracy"]) for name, accuracy in budgets.items()}
+        if long_run is not None:  # the two are independent runs: their standard errors add in quadrature
+            row["minus_long_run_points"] = 100 * (row["accuracy"] - long_run["accuracy"])
+            row["minus_long_run_points_se"] = 100 * math.hypot(row["accuracy_se"], long_run["accuracy_se"])
+        difference = (
+            f"{row['minus_long_run_points']:+.2f} ± {row['minus_long_run_points_se']:.2f}"
+            if long_run is not None and row is not long_run
+            else ""
+        )
         print(
             f"{row['setting']:<33} {row['train_size']:>7} {row['epochs']:>6}  "
-            f"{row['accuracy']:.4f} ± {row['accuracy_se']:.4f}"
-            + "".join(f"  {difference:+17.2f}" for difference in differences.values())
+            f"{row['accuracy']:.4f} ± {row['accuracy_se']:.4f}  {difference:>16}"
             + ("" if row["setting"] in measured else "   (earlier run)")
         )
-        row["budget_minus_this_points"] = differences.get("suite budget", "")
-        row["one_cycle_minus_this_points"] = differences.get("suite budget, one-cycle", "")
     write_csv(CSV_PATH, [{column: row.get(column, "") for column in COLUMNS} for row in table])
     print(f"wrote {CSV_PATH}")
 

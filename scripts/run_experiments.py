@@ -38,7 +38,7 @@ from dpsnn.experiments.runner import ExperimentRunner, Shard
 from dpsnn.experiments.store import RUNS_FILE, RunStore, read_runs, upgrade
 from dpsnn.experiments.suites import ALL, FULL, QUICK, SUITES, Budget, customised, expand_suites
 from dpsnn.experiments.summary import best_within, undefended
-from dpsnn.results import RESULTS_DIR, write_table
+from dpsnn.results import RESULTS_DIR, format_measure, write_table
 
 PLAN_FILE = "plan.csv"  # the forecast --plan writes
 SHARDS_DIR = "shards"  # under the results folder: one folder per shard, K-of-N
@@ -174,6 +174,12 @@ def merge_shards(results_dir: Path) -> None:
             print(f"merged {folder}: {added} run(s) added, {skipped} already in {results_dir / RUNS_FILE}")
 
 
+def seeds(row: dict) -> str:
+    """``'3 seeds'``, or ``'1 seed: no standard error yet'``."""
+    count = int(row["n_seeds"])
+    return f"{count} seeds" if count > 1 else "1 seed: no standard error yet"
+
+
 def show_plan(args: Any, budget: Budget, results_dir: Path, models_dir: Path) -> int:
     """Print and write the runs ``args.suites`` need and the forecast of their cost; run nothing."""
     runner = ExperimentRunner(budget, args.dataset, results_dir, models_dir, args.data_dir, say=None)
@@ -226,14 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain, best = undefended(summary), best_within(summary, 0.01)
     if plain:
         print(
-            f"undefended: accuracy {plain['accuracy']:.4f} ± {plain['accuracy_se']:.4f}, "
-            f"SSIM gap to the label-only baseline {plain['gap_ssim']:.3f} ± {plain['gap_ssim_se']:.3f}"
+            f"undefended: accuracy {format_measure(plain, 'accuracy')}, "
+            f"SSIM gap to the label-only baseline {format_measure(plain, 'gap_ssim', 3)} ({seeds(plain)})"
         )
     if best:
         print(
             f"smallest SSIM gap within 1 point of accuracy: {best['label']} "
-            f"(accuracy {best['accuracy']:.4f} ± {best['accuracy_se']:.4f}, "
-            f"SSIM gap {best['gap_ssim']:.3f} ± {best['gap_ssim_se']:.3f})"
+            f"(accuracy {format_measure(best, 'accuracy')}, SSIM gap {format_measure(best, 'gap_ssim', 3)}, "
+            f"{seeds(best)})"
         )
     elif plain:
         print("no defended setting keeps accuracy within 1 point of the undefended model")

@@ -66,21 +66,28 @@ class Budget:
     validator_train_size: int | None
     val_size: int = 5000  # target validation images (the best epoch is kept)
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # Adam: every attacker's rate, and the target models' unless model_learning_rate
+    model_lr_schedule: str = "constant"  # the target models': constant, or one-cycle (warm up, then anneal)
+    model_learning_rate: float | None = None  # the target models' rate (one-cycle: its peak); None: learning_rate
     grid: str = "full"
     membership_candidates: int = 2000  # half from the target's training split, half from its test split
 
 
+# The converged budget: the whole train split (53,000 images beside the validation and
+# auxiliary splits) for 4 epochs of a one-cycle schedule brings the undefended model
+# within a point of a 10-epoch run (benchmarks/bench_budget.py).
 FULL = Budget(
     name="full",
-    train_size=20000,
+    train_size=None,
     val_size=2000,
-    model_epochs=3,
+    model_epochs=4,
     attack_steps=500,
     aux_size=5000,
     test_size=None,
     validator_epochs=3,
     validator_train_size=None,
+    model_lr_schedule="one-cycle",
+    model_learning_rate=3e-3,
 )
 QUICK = Budget(
     name="quick",
