@@ -93,6 +93,12 @@ def test_a_plan_holds_every_run_once_and_its_forecast_counts_each_model_once(tmp
     assert table[-1]["core_hours_with_extensions"] == pytest.approx(result.seconds / 3600)
     assert forecast(runs, Timings({}, {}, same_budget=False)).untimed == len(todo)  # nothing timed: no guess
 
+    # A fresh checkout keeps runs.csv but not the models: the first run left to do on that model trains it again.
+    runner.model_path(RunConfig.from_row(done[0])).unlink()
+    again = [run for run in plan(runner, ["plain", "post-noise"], 1, [done[0]["key"]]) if not run.finished]
+    assert {run.config.model_key for run in again} == {RunConfig.from_row(done[0]).model_key}
+    assert [run.model_trained for run in again] == [False] + [True] * (len(again) - 1)
+
 
 def _estimate(seconds: float, se: float) -> Estimate:
     return Estimate(seconds, se, 2)

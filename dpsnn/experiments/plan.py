@@ -28,9 +28,12 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpsnn.experiments.suites import SUITES, RunConfig, expand_suites
+
+if TYPE_CHECKING:
+    from dpsnn.experiments.runner import ExperimentRunner
 
 ANY = "*"  # the timing group of every model, or every attack, when a family has no row
 
@@ -63,7 +66,7 @@ def attack_name(attack: str) -> str:
     return attack.split("(", 1)[0]
 
 
-def plan(runner: Any, suites: Iterable[str], seeds: int, finished: Iterable[str] = ()) -> list[PlannedRun]:
+def plan(runner: ExperimentRunner, suites: Iterable[str], seeds: int, finished: Iterable[str] = ()) -> list[PlannedRun]:
     """Every run of ``suites`` for seeds ``0..seeds-1``, extensions included, each once, in run order.
 
     ``runner`` is an :class:`~dpsnn.experiments.runner.ExperimentRunner` (its dataset,
@@ -79,9 +82,11 @@ def plan(runner: Any, suites: Iterable[str], seeds: int, finished: Iterable[str]
         if config.key in seen:
             return
         seen.add(config.key)
+        done = config.key in finished
         trained = config.model_key in models or runner.model_path(config).is_file()
-        models.add(config.model_key)
-        runs.append(PlannedRun(suite, config, extension, config.key in finished, trained))
+        if not done:  # a finished run trains nothing now: its model is on disk or is trained again later
+            models.add(config.model_key)
+        runs.append(PlannedRun(suite, config, extension, done, trained))
 
     for seed in range(seeds):
         for suite in suites:
