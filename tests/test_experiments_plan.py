@@ -7,6 +7,7 @@ import math
 import pytest
 from test_experiments_runner import TINY_FLAGS, run_in_process, script_in_process
 
+from dpsnn.defences import parse_canonical
 from dpsnn.experiments.plan import ANY, Estimate, Timings, family, forecast, plan, plan_table
 from dpsnn.experiments.store import RUNS_FILE, read_runs
 from dpsnn.experiments.suites import QUICK, SUITES, RunConfig
@@ -27,9 +28,9 @@ def row(defences="none", attack="decoder", model=0.0, seconds=1.0, budget="b", s
 
 
 def test_a_family_is_the_names_of_the_defences():
-    assert family("none") == family("") == "none"
-    assert family("laplace(scale=1)+nopeek(weight=0.5)") == "laplace+nopeek"
-    assert family("dp(epsilon=4,noise_multiplier=0,max_grad_norm=1)") == "dp"
+    assert family(parse_canonical("none")) == family(()) == "none"
+    assert family(parse_canonical("laplace(scale=1)+nopeek(weight=0.5)")) == "laplace+nopeek"
+    assert family(parse_canonical("dp(epsilon=4,noise_multiplier=0,max_grad_norm=1)")) == "dp"
 
 
 def test_timings_are_means_with_standard_errors_of_this_budgets_finished_runs():
@@ -38,7 +39,8 @@ def test_timings_are_means_with_standard_errors_of_this_budgets_finished_runs():
         row(model=14, seconds=4),
         row(model=0, seconds=6),  # a model trained by an earlier run: no model time
         row("laplace(scale=1)", model=30, seconds=3),
-        row(attack="decoder(loss=ssim)", seconds=50),
+        row(attack="whitebox(steps=50)", seconds=50),
+        row(attack="whitebox", seconds=10),
         row(model=1000, seconds=1000, status="diverged"),
         row(model=1000, seconds=1000, budget="other"),
     ]
@@ -47,8 +49,9 @@ def test_timings_are_means_with_standard_errors_of_this_budgets_finished_runs():
     assert timings.models["none"].seconds == 12 and timings.models["none"].n == 2
     assert timings.models["none"].se == pytest.approx(math.sqrt(8) / math.sqrt(2))
     assert timings.models[ANY].n == 3
-    assert timings.attacks["decoder"].seconds == pytest.approx((2 + 4 + 6 + 3 + 50) / 5)  # by name: every decoder
-    assert timings.attacks["decoder(loss=ssim)"].seconds == 50 and timings.attacks["decoder(loss=ssim)"].n == 1
+    assert timings.attacks["decoder"].seconds == pytest.approx((2 + 4 + 6 + 3) / 4)
+    assert timings.attacks["whitebox"].seconds == pytest.approx((50 + 10) / 2)  # by name: every white-box run
+    assert timings.attacks["whitebox(steps=50)"].seconds == 50 and timings.attacks["whitebox(steps=50)"].n == 1
     elsewhere = Timings.from_rows([row(budget="other", model=7)], "b")  # none of this budget: every row serves
     assert not elsewhere.same_budget and elsewhere.models["none"].seconds == 7
 

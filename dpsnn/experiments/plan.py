@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpsnn.attacks.base import attack_from
+from dpsnn.defences import Defence, parse_canonical
 from dpsnn.experiments.suites import SUITES, RunConfig, expand_suites
 
 if TYPE_CHECKING:
@@ -49,21 +51,9 @@ class PlannedRun:
     model_trained: bool  # its target model is already on disk (or an earlier run of the plan trains it)
 
 
-def family(defences: str) -> str:
-    """The family of a canonical defences string: ``'laplace(scale=1)+nopeek(weight=1)'`` -> ``'laplace+nopeek'``."""
-    if not defences or defences == "none":
-        return "none"
-    return "+".join(part.split("(", 1)[0] for part in defences.split("+") if part)
-
-
-def config_family(config: RunConfig) -> str:
-    """The family of the defences ``config``'s model is trained with."""
-    return "+".join(defence.name for defence in config.defences) or "none"
-
-
-def attack_name(attack: str) -> str:
-    """``'decoder-large(steps=5000)'`` -> ``'decoder-large'``."""
-    return attack.split("(", 1)[0]
+def family(defences: Iterable[Defence]) -> str:
+    """The family of some defence specs: ``laplace(scale=1)`` and ``nopeek(weight=1)`` -> ``'laplace+nopeek'``."""
+    return "+".join(defence.name for defence in defences) or "none"
 
 
 def plan(runner: ExperimentRunner, suites: Iterable[str], seeds: int, finished: Iterable[str] = ()) -> list[PlannedRun]:
@@ -131,10 +121,10 @@ class Timings:
         attacks: dict[str, list[float]] = {}
         for row in chosen:
             if _positive(row.get("model_seconds")):  # 0: the model was trained by an earlier run
-                models.setdefault(family(str(row["defences"])), []).append(float(row["model_seconds"]))
+                models.setdefault(family(parse_canonical(str(row["defences"]))), []).append(float(row["model_seconds"]))
                 models.setdefault(ANY, []).append(float(row["model_seconds"]))
             if _positive(row.get("attack_seconds")):  # by spec, by name, and all together
-                for group in dict.fromkeys([str(row["attack"]), attack_name(str(row["attack"])), ANY]):
+                for group in dict.fromkeys([str(row["attack"]), attack_from(str(row["attack"])).name, ANY]):
                     attacks.setdefault(group, []).append(float(row["attack_seconds"]))
         return cls(
             {name: Estimate.of(values) for name, values in models.items()},
@@ -143,7 +133,7 @@ class Timings:
         )
 
     def model(self, config: RunConfig) -> Estimate | None:
-        return self.models.get(config_family(config)) or self.models.get(ANY)
+        return self.models.get(family(config.defences)) or self.models.get(ANY)
 
     def attack(self, config: RunConfig) -> Estimate | None:
         for group in (config.attack.spec(), config.attack.name, ANY):
@@ -186,7 +176,7 @@ def forecast(runs: Iterable[PlannedRun], timings: Timings) -> Forecast:
         if not run.model_trained:
             models += 1
             parts.append(timings.model(run.config))
-            exact = exact and config_family(run.config) in timings.models
+            exact = exact and family(run.config.defences) in timings.models
         if any(part is None for part in parts):
             untimed += 1
             continue
