@@ -34,7 +34,7 @@ def test_every_defence_meets_every_attack_on_a_model_another_suite_trains():
     configs = ATTACKS.configs("fashion-mnist", FULL, seed=1)
     assert len(configs) == len(ATTACKED_SETTINGS) * (len(INVERSION_ATTACKS) + len(MEMBERSHIP_ATTACKS))
     families = {d.name for config in configs for d in config.defences}
-    assert families == {"laplace", "nopeek", "dp", "suppress"}
+    assert families == {"laplace", "nopeek", "dp", "suppress", "class-collapse", "adversarial"}
     assert {d.epsilon for c in configs for d in c.defences if d.name == "dp"} == {10.0, 4.0, 1.0}
     assert {d.sparse_end for c in configs for d in c.defences if d.name == "suppress"} == {0.5, 0.8, 0.9, 0.95}
     for config in configs:
