@@ -22,6 +22,7 @@ spreads the grid over machines; copy the shard folders under one <results-dir>/s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,7 +188,7 @@ def show_plan(args: Any, budget: Budget, results_dir: Path, models_dir: Path) ->
     timings = Timings.from_rows(rows, budget.name)
     runs = plan(runner, args.suites, args.seeds, finished=(row["key"] for row in rows))
     table = plan_table(runs, timings)
-    print(format_plan(table, timings, results_dir))
+    print(format_plan(table, timings, results_dir, cores=os.cpu_count()))
     write_table(results_dir / PLAN_FILE, table)
     print(f"written to {results_dir / PLAN_FILE}")
     return 0

@@ -8,7 +8,7 @@ import pytest
 from test_experiments_runner import TINY_FLAGS, run_in_process, script_in_process
 
 from dpsnn.defences import parse_canonical
-from dpsnn.experiments.plan import ANY, Estimate, Timings, family, forecast, plan, plan_table
+from dpsnn.experiments.plan import ANY, Estimate, Timings, family, forecast, format_plan, plan, plan_table, wall_hours
 from dpsnn.experiments.store import RUNS_FILE, read_runs
 from dpsnn.experiments.suites import QUICK, SUITES, RunConfig
 from dpsnn.results import read_table
@@ -95,6 +95,10 @@ def test_a_plan_holds_every_run_once_and_its_forecast_counts_each_model_once(tmp
     assert table[-1]["runs"] + table[-1]["extension_runs_at_most"] == len(runs)
     assert table[-1]["core_hours_with_extensions"] == pytest.approx(result.seconds / 3600)
     assert forecast(runs, Timings({}, {}, same_budget=False)).untimed == len(todo)  # nothing timed: no guess
+    hours = result.seconds / 3600
+    assert wall_hours(table, cores=2)[1] == pytest.approx(hours / 2)
+    assert f"{hours / 2:.1f} h with every extension value" in format_plan(table, timings, "results", cores=2)
+    assert "wall time" not in format_plan(table, timings, "results")
 
     # A fresh checkout keeps runs.csv but not the models: the first run left to do on that model trains it again.
     runner.model_path(RunConfig.from_row(done[0])).unlink()

@@ -211,8 +211,20 @@ def plan_table(runs: Sequence[PlannedRun], timings: Timings) -> list[dict[str, A
     return rows
 
 
-def format_plan(rows: Sequence[Mapping[str, Any]], timings: Timings, results_dir: str | Path) -> str:
-    """The plan as an aligned text table and a line on where its timings come from."""
+def wall_hours(rows: Sequence[Mapping[str, Any]], cores: int) -> tuple[float, float]:
+    """The total's hours of wall time on ``cores`` cores, one single-threaded shard per core (without, with extensions).
+
+    A lower bound: shards are never perfectly even, and every shard of a run that decides
+    an extension waits for nothing, so the forecast is the core-hours spread evenly.
+    """
+    total = next(row for row in rows if row["suite"] == "total")
+    return total["core_hours"] / cores, total["core_hours_with_extensions"] / cores
+
+
+def format_plan(
+    rows: Sequence[Mapping[str, Any]], timings: Timings, results_dir: str | Path, cores: int | None = None
+) -> str:
+    """The plan as an aligned text table, a line on where its timings come from and, given ``cores``, the wall time."""
     header = ["suite", "runs", "+ext", "done", "core-h", "core-h with ext", "models", "guessed", "untimed"]
     lines = [
         [
@@ -239,4 +251,10 @@ def format_plan(rows: Sequence[Mapping[str, Any]], timings: Timings, results_dir
         "+ext: extension values, run only while accuracy holds; guessed: timed by the mean of every "
         "model, or of the attack's name or every attack; untimed: no timing at all, not in the forecast"
     )
+    if cores:
+        low, high = wall_hours(rows, cores)
+        text.append(
+            f"on {cores} core(s), one single-threaded shard per core (`--shard K/{cores}`): at least "
+            f"{low:.1f} h of wall time, {high:.1f} h with every extension value"
+        )
     return "\n".join(text)
