@@ -12,6 +12,7 @@ from dpsnn.attacks.best_of import DECODER_ATTACKS
 from dpsnn.attacks.inversion import DecoderAttack
 from dpsnn.attacks.whitebox import WhiteBoxInversion
 from dpsnn.defences import DEFENCES, Defence, register_defence
+from dpsnn.errors import ConfigError
 from dpsnn.experiments.report import attacks_verdict, defence_attack_table, report_blocks, strongest
 from dpsnn.experiments.suites import (
     ATTACKED_SETTINGS,
@@ -70,6 +71,10 @@ def test_best_of_chooses_among_the_decoders_the_runs_beside_it_fitted(fast_runne
     row = fast_runner.measure(best_of)
     assert row["status"] == "ok" and fits == list(DECODER_ATTACKS)  # nothing fitted again
     assert row["n_aux"] == 125 and row["accuracy"] == decoders[0]["accuracy"]
+    # The auxiliary split holds exactly the decoders' images and best-of's held-out share: never fewer.
+    assert len(fast_runner.splits("fashion-mnist", 0).aux) == fast_runner.budget.aux_split_size == 125
+    with pytest.raises(ConfigError, match="asks for 126 auxiliary images; the split has 125"):
+        fast_runner.measure(replace(best_of, aux_size=126))
     # Without the runs beside it, best-of fits its decoders once on the same images, and keeps them.
     other = replace(best_of, seed=1)
     fast_runner.measure(other)

@@ -252,6 +252,7 @@ class ExperimentRunner:
                 seed=seed,
                 train_size=self.budget.train_size if own else None,
                 val_size=self.budget.val_size,
+                aux_size=self.budget.aux_split_size,
                 test_size=self.budget.test_size if own else None,
                 root=self.data_dir,
             )
@@ -292,6 +293,10 @@ class ExperimentRunner:
             attacker_aux = class_half(aux, splits.num_classes, upper=True)
         else:
             attacker_aux = self.splits(config.aux_source, config.seed).aux
+        if config.aux_size > len(attacker_aux):
+            raise ConfigError(
+                f"{config.label()} asks for {config.aux_size} auxiliary images; the split has {len(attacker_aux)}"
+            )
         # The baseline needs every class of the target: its own dataset's auxiliary split.
         return attacker_aux.subset(config.aux_size), aux.subset(config.aux_size), test
 

@@ -72,10 +72,19 @@ class Budget:
     grid: str = "full"
     membership_candidates: int = 2000  # half from the target's training split, half from its test split
 
+    @property
+    def aux_split_size(self) -> int:
+        """The auxiliary split's images: the default attacker's, plus the share ``best-of`` holds back to choose with.
 
-# The converged budget: the whole train split (53,000 images beside the validation and
-# auxiliary splits) for 4 epochs of a one-cycle schedule brings the undefended model
-# within a point of a 10-epoch run (benchmarks/bench_budget.py).
+        ``best-of`` then fits its decoders on exactly the images the decoder runs beside it
+        were fitted on, and reuses them (see :func:`best_of_aux_size`).
+        """
+        return best_of_aux_size(self.aux_size, attack_from("best-of").holdout)
+
+
+# The converged budget: the whole train split (51,750 images beside the validation and the
+# 6,250-image auxiliary split) for 4 epochs of a one-cycle schedule brings the undefended
+# model within a point of a 10-epoch run (benchmarks/bench_budget.py).
 FULL = Budget(
     name="full",
     train_size=None,
