@@ -7,13 +7,16 @@
 run_experiments.py trains every target model on the budget in dpsnn.experiments.suites.FULL.
 This script trains the undefended model on that budget, on the earlier budget (20,000
 images, 3 epochs), on long runs (the same 20,000 images for 12 epochs, and the whole
-53,000-image train split for 10 epochs, each at a constant learning rate and with a
+train split for 10 epochs, each at a constant learning rate and with a
 one-cycle schedule, peak --one-cycle-lr) and on the candidates for a converged budget
 (the whole split, one-cycle, 2 to 5 epochs). It scores all on the 10,000 test images and
 prints each one's accuracy minus the best long run's (the whole split, 10 epochs,
 one-cycle), with standard errors over test images (and over seeds when several are
-given). Figures go to results/benchmarks/bench_budget.csv, one row per setting: a run
-with --settings replaces the rows of the settings it ran and keeps the others.
+given). The splits are the suites': 2,000 validation images, the 6,250-image auxiliary
+split and the rest (51,750) for training; the rows measured before the auxiliary split
+grew trained on 53,000, and their images column says so. Figures go to
+results/benchmarks/bench_budget.csv, one row per setting: a run with --settings replaces
+the rows of the settings it ran and keeps the others.
 """
 
 from __future__ import annotations
@@ -121,7 +124,13 @@ def main() -> None:
     for setting in chosen:
         accuracies, seconds = [], []
         for seed in args.seeds:
-            splits = make_splits("fashion-mnist", seed=seed, train_size=setting.train_size, val_size=FULL.val_size)
+            splits = make_splits(
+                "fashion-mnist",
+                seed=seed,
+                train_size=setting.train_size,
+                val_size=FULL.val_size,
+                aux_size=FULL.aux_split_size,  # the suites' splits: the whole train split is 51,750 images
+            )
             started = time.perf_counter()
             model, epoch = train_classifier(
                 splits,
