@@ -447,8 +447,8 @@ def test_the_verdict_scores_each_setting_by_the_strongest_attack_tried_on_its_mo
     assert best["label"].startswith("noise 0.5") and "best-of" in best["label"]
     assert best["gap_ssim"] == pytest.approx(0.21)
     verdict = report_blocks(summary)["verdict"]
-    assert f"**{best['label']}**" in verdict and "SSIM gap 0.210" in verdict
-    assert "(undefended: 0.310 ± 0.000, none; attack decoder-large)" in verdict
+    assert "**noise 0.5 under best-of**" in verdict and "SSIM gap 0.210" in verdict
+    assert "(undefended: 0.310 ± 0.000 under decoder-large)" in verdict
 
 
 def _attacked_row(key: str, seed: int, noise: float, attack: str, aux_size: int, **values) -> dict:
@@ -472,7 +472,7 @@ def test_report_blocks_are_rewritten_and_the_prose_is_kept(tmp_path):
 def test_the_verdict_waits_for_a_second_seed():
     summary = [{**row, "n_seeds": 1} if row["label"] == "noise 0.5" else row for row in _summary_rows()]
     verdict = report_blocks(summary)["verdict"]
-    assert "**noise 0.5**" in verdict and "measured on 1 seed so far" in verdict and "no setting" not in verdict
+    assert "**noise 0.5 under decoder**" in verdict and "measured on 1 seed so far" in verdict and "no setting" not in verdict
 
 
 def test_a_suite_without_runs_is_reported_as_not_measured():

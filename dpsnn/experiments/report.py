@@ -497,6 +497,12 @@ def attacks_verdict(summary: Sequence[Mapping[str, Any]]) -> str:
     return " ".join(sentences)
 
 
+def _judged(row: Mapping[str, Any]) -> str:
+    """``'class-collapse 3 + smoothing 0.1 under best-of'``: a setting and the attack that scored it."""
+    config = config_of(row)
+    return f"{config.label()} under {attack_column(config.attack)}"
+
+
 def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """The generated sections of the report, by name: one table per suite and the verdict."""
     blocks = {suite: suite_block(summary, suite) for suite in SUITES}
@@ -521,9 +527,9 @@ def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         attacked = under_strongest_attack(summary, plain)
         blocks["verdict"] = (
             f"Within 1 point of the undefended accuracy ({plain['accuracy']:.4f}), the smallest SSIM gap, each "
-            f"setting scored by the strongest attack tried on it, is **{best['label']}**: accuracy "
+            f"setting scored by the strongest attack tried on it, is **{_judged(best)}**: accuracy "
             f"{_cell(best, 'accuracy', 4)}, SSIM gap {_cell(best, 'gap_ssim', 3)} (undefended: "
-            f"{_cell(attacked, 'gap_ssim', 3)}, {attacked['label']}). "
+            f"{_cell(attacked, 'gap_ssim', 3)} under {attack_column(config_of(attacked).attack)}). "
             + (
                 f"It is measured on {best['n_seeds']} seed so far: no standard error yet, and no verdict."
                 if best["n_seeds"] < 2
