@@ -214,8 +214,7 @@ def plan_table(runs: Sequence[PlannedRun], timings: Timings) -> list[dict[str, A
 def wall_hours(rows: Sequence[Mapping[str, Any]], cores: int) -> tuple[float, float]:
     """The total's hours of wall time on ``cores`` cores, one single-threaded shard per core (without, with extensions).
 
-    A lower bound: shards are never perfectly even, and every shard of a run that decides
-    an extension waits for nothing, so the forecast is the core-hours spread evenly.
+    A lower bound: it spreads the core-hours evenly, and shards are never exactly even.
     """
     total = next(row for row in rows if row["suite"] == "total")
     return total["core_hours"] / cores, total["core_hours_with_extensions"] / cores

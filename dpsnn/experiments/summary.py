@@ -179,9 +179,12 @@ def under_strongest_attack(
             and replace(config, attack=reference.attack, aux_size=reference.aux_size) == reference
         ):
             tried.append(dict(row))
-    return max(
-        tried, key=lambda row: row.get(measure, math.nan) if math.isfinite(row.get(measure, math.nan)) else -math.inf
-    )
+
+    def strength(row: Mapping[str, Any]) -> float:
+        value = row.get(measure, math.nan)
+        return value if math.isfinite(value) else -math.inf  # point itself may lack the measure
+
+    return max(tried, key=strength)
 
 
 def best_within(
