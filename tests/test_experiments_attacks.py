@@ -71,10 +71,12 @@ def test_best_of_chooses_among_the_decoders_the_runs_beside_it_fitted(fast_runne
     row = fast_runner.measure(best_of)
     assert row["status"] == "ok" and fits == list(DECODER_ATTACKS)  # nothing fitted again
     assert row["n_aux"] == 125 and row["accuracy"] == decoders[0]["accuracy"]
-    # The auxiliary split holds exactly the decoders' images and best-of's held-out share: never fewer.
-    assert len(fast_runner.splits("fashion-mnist", 0).aux) == fast_runner.budget.aux_split_size == 125
-    with pytest.raises(ConfigError, match="asks for 126 auxiliary images; the split has 125"):
-        fast_runner.measure(replace(best_of, aux_size=126))
+    # The auxiliary split holds what every suite asks for (here data-volume's 1,000), never fewer.
+    size = fast_runner.budget.aux_split_size
+    assert len(fast_runner.splits("fashion-mnist", 0).aux) == size == 1000
+    assert FULL.aux_split_size == best_of_aux_size(FULL.aux_size, 0.2) == 6250  # best-of's, on the full budget
+    with pytest.raises(ConfigError, match=f"asks for {size + 1} auxiliary images; the split has {size}"):
+        fast_runner.measure(replace(best_of, aux_size=size + 1))
     # Without the runs beside it, best-of fits its decoders once on the same images, and keeps them.
     other = replace(best_of, seed=1)
     fast_runner.measure(other)

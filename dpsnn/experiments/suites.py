@@ -74,12 +74,19 @@ class Budget:
 
     @property
     def aux_split_size(self) -> int:
-        """The auxiliary split's images: the default attacker's, plus the share ``best-of`` holds back to choose with.
+        """The auxiliary split's images: the most any suite's run asks for on this budget.
 
-        ``best-of`` then fits its decoders on exactly the images the decoder runs beside it
-        were fitted on, and reuses them (see :func:`best_of_aux_size`).
+        That is ``best-of``'s: the default attacker's images plus the share it holds back to
+        choose with, so that it fits its decoders on exactly the images the decoder runs
+        beside it were fitted on, and reuses them (see :func:`best_of_aux_size`); or a
+        ``data-volume`` value, when a customised budget's attacker has fewer images than the
+        grid. A function of the budget alone, so every run of it trains on the same split.
         """
-        return best_of_aux_size(self.aux_size, attack_from("best-of").holdout)
+        asked = [self.aux_size, best_of_aux_size(self.aux_size, attack_from("best-of").holdout)]
+        for suite in SUITES.values():
+            configs = suite.configs("fashion-mnist", self, 0) + suite.extension_configs("fashion-mnist", self, 0)
+            asked += [config.aux_size for config in configs]
+        return max(asked)
 
 
 # The converged budget: the whole train split (51,750 images beside the validation and the
