@@ -27,7 +27,16 @@ from typing import Any
 import torch
 
 from dpsnn.experiments.store import SETTING_COLUMNS, metrics_of
-from dpsnn.experiments.suites import FULL, QUICK, SUITES, UNDEFENDED, RunConfig, setting_label, suites_of
+from dpsnn.experiments.suites import (
+    DEFAULT_ATTACK,
+    FULL,
+    QUICK,
+    SUITES,
+    UNDEFENDED,
+    RunConfig,
+    setting_label,
+    suites_of,
+)
 from dpsnn.metrics import mean_and_se
 
 # The columns of a summary row before its measures.
@@ -168,17 +177,26 @@ def under_strongest_attack(
     (``best-of`` holds some out) does not make it another setting; an attacker given
     fewer images (``data-volume``) is the same attack, not a stronger one.
     """
-    reference = config_of(point)
-    tried = [dict(point)]
+    return _strongest(_attacks_by_model(summary, measure), point, measure)
+
+
+def _attacks_by_model(summary: Sequence[Mapping[str, Any]], measure: str) -> dict[Any, list[dict[str, Any]]]:
+    """The rows with ``measure``, grouped by everything but their attack and auxiliary-set size (parsed once)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
     for row in summary:
-        if row["budget"] != point["budget"] or not math.isfinite(row.get(measure, math.nan)):
-            continue
-        config = config_of(row)
-        if (
-            config.attack != reference.attack
-            and replace(config, attack=reference.attack, aux_size=reference.aux_size) == reference
-        ):
-            tried.append(dict(row))
+        if math.isfinite(row.get(measure, math.nan)):
+            groups.setdefault(_model_scope(row), []).append(dict(row))
+    return groups
+
+
+def _model_scope(row: Mapping[str, Any]) -> tuple[str, RunConfig]:
+    config = config_of(row)
+    return row["budget"], replace(config, attack=DEFAULT_ATTACK, aux_size=1)  # any one value
+
+
+def _strongest(groups: Mapping[Any, list[dict[str, Any]]], point: Mapping[str, Any], measure: str) -> dict[str, Any]:
+    attack = config_of(point).attack
+    tried = [dict(point)] + [row for row in groups.get(_model_scope(point), []) if config_of(row).attack != attack]
 
     def strength(row: Mapping[str, Any]) -> float:
         value = row.get(measure, math.nan)
@@ -202,8 +220,9 @@ def best_within(
     if plain is None:
         return None
     candidates = suite_table(summary, suite) if suite else frontier_points(summary)
+    groups = _attacks_by_model(summary, "gap_ssim")
     keeping = [
-        under_strongest_attack(summary, row)
+        _strongest(groups, row, "gap_ssim")
         for row in candidates
         if config_of(row).defended and row["accuracy"] >= plain["accuracy"] - max_accuracy_drop
     ]
