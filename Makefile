@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_FMNIST := /usr/share/datasets/fashion-mnist
+# The test files spread over up to 4 cores, each file's tests in one worker (they share module fixtures).
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: setup dataset demo experiments notebooks test test-all lint format bench bench-budget clean-demo
 
@@ -48,10 +50,10 @@ notebooks: setup
 	$(BIN)/python scripts/execute_notebooks.py
 
 test: setup dataset
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 test-all: setup dataset
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest $(PARALLEL) -m ''
 
 lint: setup
 	$(BIN)/ruff check dpsnn scripts tests benchmarks notebooks

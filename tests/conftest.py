@@ -1,6 +1,7 @@
 """Fixtures and helpers shared by several test modules."""
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import torch
 from dpsnn.experiments.runner import ExperimentRunner
 from dpsnn.experiments.store import RUNS_FILE, V1_COLUMNS
 from dpsnn.experiments.suites import QUICK, customised
+
+# `make test` spreads the test files over the cores (pytest-xdist, one worker each): a worker keeps to one torch
+# thread, and so do the scripts and kernels it starts, so that the workers do not stall each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # A budget small enough for tests: it checks the plumbing of the runner, not the numbers.
 TINY_BUDGET = dict(
