@@ -759,6 +759,7 @@ ATTACKED_SETTINGS: dict[str, Callable[[Context], RunConfig]] = {
         if sparsity
     },
     "class-collapse 3": lambda context: floor_defence("class-collapse")(context, 3.0),
+    "class-collapse 10": lambda context: floor_defence("class-collapse")(context, 10.0),
     "adversarial 0.3": lambda context: floor_defence("adversarial")(context, 0.3),
 }
 #: Every inversion attack; ``best-of`` chooses among the four decoders (see :func:`_attacked`).
