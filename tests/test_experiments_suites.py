@@ -476,6 +476,25 @@ def test_the_verdict_waits_for_a_second_seed():
     assert "no setting" not in verdict
 
 
+@pytest.mark.parametrize(
+    ("gap", "se", "says"),
+    [
+        (0.01, 0.01, "no better than the label"),
+        (0.03, 0.005, "brings the strongest attack tried within 0.05 SSIM of the label-only baseline"),
+        (0.053, 0.001, "no setting measured so far that keeps the accuracy brings the strongest attack within 0.05"),
+        (0.06, 0.01, "do not decide"),
+    ],
+)
+def test_the_verdict_says_whether_the_best_gap_is_within_005_of_the_label_only_baseline(gap, se, says):
+    """Issue 14's question, two standard errors apart: below 0.05, above it, or undecided (and 0.003 short)."""
+    summary = [
+        {**row, "gap_ssim": gap, "gap_ssim_se": se} if row["label"] == "noise 0.5" else row for row in _summary_rows()
+    ]
+    verdict = report_blocks(summary)["verdict"]
+    assert "**noise 0.5 under decoder**" in verdict and says in verdict
+    assert ("0.003 short" in verdict) == (gap == 0.053)
+
+
 def test_a_suite_without_runs_is_reported_as_not_measured():
     blocks = report_blocks(_summary_rows())
     assert "| noise 0.5 |" in blocks["noise"]

@@ -523,23 +523,41 @@ def report_blocks(summary: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             f"No defended setting keeps test accuracy within 1 point of the undefended {plain['accuracy']:.4f}."
         )
     else:
-        closed = best["gap_ssim"] - 2 * best["gap_ssim_se"] <= 0
         attacked = under_strongest_attack(summary, plain)
         blocks["verdict"] = (
             f"Within 1 point of the undefended accuracy ({plain['accuracy']:.4f}), the smallest SSIM gap, each "
             f"setting scored by the strongest attack tried on it, is **{_judged(best)}**: accuracy "
             f"{_cell(best, 'accuracy', 4)}, SSIM gap {_cell(best, 'gap_ssim', 3)} (undefended: "
             f"{_cell(attacked, 'gap_ssim', 3)} under {attack_column(config_of(attacked).attack)}). "
-            + (
-                f"It is measured on {best['n_seeds']} seed so far: no standard error yet, and no verdict."
-                if best["n_seeds"] < 2
-                else "Its gap is within two standard errors of zero: the attack is no better than the label."
-                if closed
-                else "Its gap is still more than two standard errors above zero: **no setting that keeps the "
-                "accuracy brings the attack down to the label-only baseline.**"
-            )
+            + _floor_verdict(best)
         )
     return blocks
+
+
+#: How close to the label-only baseline a defence must bring its strongest attack to close the leak.
+CLOSE_TO_FLOOR = 0.05
+
+
+def _floor_verdict(best: Mapping[str, Any]) -> str:
+    """Whether ``best``'s gap is within ``CLOSE_TO_FLOOR`` of the label-only baseline, two standard errors apart."""
+    if best["n_seeds"] < 2:
+        return f"It is measured on {best['n_seeds']} seed so far: no standard error yet, and no verdict."
+    gap, se = best["gap_ssim"], best["gap_ssim_se"]
+    if gap - 2 * se <= 0:
+        return "Its gap is within two standard errors of zero: the attack is no better than the label."
+    if gap + 2 * se <= CLOSE_TO_FLOOR:
+        return (
+            f"Its gap is more than two standard errors below {CLOSE_TO_FLOOR}: **this setting brings the strongest "
+            f"attack tried within {CLOSE_TO_FLOOR} SSIM of the label-only baseline for at most one point of "
+            "accuracy.**"
+        )
+    if gap - 2 * se > CLOSE_TO_FLOOR:
+        return (
+            f"Its gap is more than two standard errors above {CLOSE_TO_FLOOR}: **no setting measured so far that "
+            f"keeps the accuracy brings the strongest attack within {CLOSE_TO_FLOOR} SSIM of the label-only "
+            f"baseline**; this one comes closest, {gap - CLOSE_TO_FLOOR:.3f} short."
+        )
+    return f"Its gap is within two standard errors of {CLOSE_TO_FLOOR}: these seeds do not decide whether it is below."
 
 
 def update_report(path: str | Path, summary: Sequence[Mapping[str, Any]]) -> bool:
